@@ -1,0 +1,150 @@
+"""Loaders for the lifelong-editing benchmarks (ZsRE, Temporal, Hallucination) in the framework's request format.
+
+A request is a dict with ``prompt``, ``target_new``, ``subject``, ``locality_prompt``, ``locality_ground_truth``,
+``loc_prompt`` (an irrelevant text for training-time regularisers) and, where the benchmark has one,
+``rephrase_prompt``. Bad records raise :class:`DataError` naming the file, the record and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class DataError(ValueError):
+    """A data file or record is malformed."""
+
+
+@dataclass(frozen=True)
+class DataFormat:
+    """How one benchmark's records map onto request keys, and how it is scored."""
+
+    fields: dict[str, str]  # request key -> record field
+    loc_fields: tuple[str, str]  # train-file fields joined into a loc_prompt
+    rel_metric: str = "accuracy"  # or "perplexity"
+    rephrase_name: str = "gen"  # summary name of the rephrase metric ("ood" for Temporal)
+    optional: tuple[str, ...] = ()
+
+
+FORMATS: dict[str, DataFormat] = {
+    "zsre": DataFormat(
+        fields={
+            "prompt": "src",
+            "target_new": "alt",
+            "rephrase_prompt": "rephrase",
+            "locality_prompt": "loc",
+            "locality_ground_truth": "loc_ans",
+            "subject": "subject",
+        },
+        loc_fields=("loc", "loc_ans"),
+    ),
+    "temporal": DataFormat(
+        fields={
+            "prompt": "prompt",
+            "target_new": "target_new",
+            "rephrase_prompt": "ood_rephrase",
+            "locality_prompt": "locality_prompt",
+            "locality_ground_truth": "locality_ground_truth",
+            "subject": "subject",
+        },
+        loc_fields=("locality_prompt", "locality_ground_truth"),
+        rephrase_name="ood",
+    ),
+    "hallucination": DataFormat(
+        fields={
+            "prompt": "prompt",
+            "target_new": "target_new",
+            "locality_prompt": "locality_prompt",
+            "locality_ground_truth": "locality_ground_truth",
+            "subject": "subject",
+        },
+        loc_fields=("locality_prompt", "locality_ground_truth"),
+        rel_metric="perplexity",
+    ),
+}
+
+
+@dataclass
+class EditDataset:
+    name: str
+    path: str
+    sha256: str
+    requests: list[dict[str, Any]]
+    format: DataFormat
+    loc_path: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """What a results file records about the data."""
+        return {"name": self.name, "path": self.path, "sha256": self.sha256, "ds_size": len(self.requests),
+                "loc_path": self.loc_path}
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_records(path: Path) -> list[Any]:
+    if not path.is_file():
+        raise DataError(f"data file not found: {path}")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+def _text(record: Any, index: int, name: str, path: Path) -> str:
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: record {index}: expected an object, got {type(record).__name__}")
+    if name not in record:
+        raise DataError(f"{path}: record {index}: missing field {name!r}")
+    value = record[name]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{path}: record {index}: field {name!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def load_dataset(
+    name: str, path: str | Path, ds_size: int | None = None, loc_path: str | Path | None = None
+) -> EditDataset:
+    """The first ``ds_size`` records of ``path`` as requests, ``loc_prompt`` drawn from ``loc_path`` in order."""
+    if name not in FORMATS:
+        raise DataError(f"unknown data format {name!r}; known: {sorted(FORMATS)}")
+    fmt = FORMATS[name]
+    path = Path(path)
+    records = _read_records(path)
+    if ds_size is not None:
+        if ds_size < 1:
+            raise DataError(f"ds_size must be >= 1, got {ds_size}")
+        if ds_size > len(records):
+            raise DataError(f"{path}: ds_size={ds_size} but the file has only {len(records)} records")
+        records = records[:ds_size]
+    loc_prompts: list[str] = []
+    if loc_path is not None:
+        loc_path = Path(loc_path)
+        loc_records = _read_records(loc_path)
+        if not loc_records:
+            raise DataError(f"{loc_path}: no records to draw loc_prompts from")
+        for i in range(len(records)):
+            j = i % len(loc_records)
+            a, b = (_text(loc_records[j], j, f, loc_path) for f in fmt.loc_fields)
+            loc_prompts.append(f"{a} {b}")
+    requests = []
+    for i, record in enumerate(records):
+        request: dict[str, Any] = {"case_id": i}
+        for key, source in fmt.fields.items():
+            request[key] = _text(record, i, source, path)
+        request["loc_prompt"] = loc_prompts[i] if loc_prompts else None
+        requests.append(request)
+    return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
+                       loc_path=str(loc_path) if loc_path is not None else None)

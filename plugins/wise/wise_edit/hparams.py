@@ -1,0 +1,136 @@
+"""EasyEdit-style hyperparameters: a YAML file loaded into a typed dataclass.
+
+Every method subclasses :class:`HyperParams` with its own fields; loading checks the file against the
+dataclass so a typo in a sweep is an error that names the file and the key, not a silently ignored knob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T", bound="HyperParams")
+
+
+class HyperParamsError(ValueError):
+    """A hyperparameter file or dict does not match its dataclass."""
+
+
+@dataclasses.dataclass
+class HyperParams:
+    """Keys every method shares (EasyEdit names)."""
+
+    alg_name: str
+    model_name: str
+    inner_params: list[str]
+    device: Union[str, int] = "cpu"
+    seed: int = 0
+    batch_size: int = 1
+    max_length: int = 64
+    #: re-run only the layers above the edited matrix during training (False: full forward, for reference)
+    fast_loop: bool = True
+
+    #: set by each subclass to the alg_name its YAML files must carry
+    ALG_NAME: ClassVar[str] = ""
+
+    @classmethod
+    def from_hparams(cls: type[T], path: str | Path) -> T:
+        """Load ``path`` (``.yaml`` optional, EasyEdit style)."""
+        path = Path(path)
+        if not path.exists() and path.suffix != ".yaml" and path.with_suffix(".yaml").exists():
+            path = path.with_suffix(".yaml")
+        if not path.is_file():
+            raise HyperParamsError(f"hyperparameter file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise HyperParamsError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise HyperParamsError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
+        """Build from a plain dict, checking keys and types; the base class dispatches on ``alg_name``."""
+        target = cls
+        if cls is HyperParams:
+            from .registry import get_method
+
+            if "alg_name" not in data:
+                raise HyperParamsError(f"{source}: missing required key 'alg_name'")
+            target = get_method(str(data["alg_name"])).hparams_cls
+        if target.ALG_NAME and data.get("alg_name") not in (None, target.ALG_NAME):
+            raise HyperParamsError(
+                f"{source}: alg_name is {data.get('alg_name')!r} but {target.__name__} expects {target.ALG_NAME!r}"
+            )
+        data = dict(data)
+        data.setdefault("alg_name", target.ALG_NAME)
+        hints = typing.get_type_hints(target)
+        fields = {f.name: f for f in dataclasses.fields(target)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise HyperParamsError(f"{source}: unknown key(s) {unknown} for {target.__name__}; known: {sorted(fields)}")
+        missing = [
+            name
+            for name, f in fields.items()
+            if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        ]
+        if missing:
+            raise HyperParamsError(f"{source}: missing required key(s) {missing} for {target.__name__}")
+        values = {name: _coerce(value, hints[name], f"{source}: key '{name}'") for name, value in data.items()}
+        obj = target(**values)
+        obj.validate(source)
+        return obj
+
+    def validate(self, source: str) -> None:
+        """Check cross-field constraints; subclasses extend."""
+        if not self.inner_params:
+            raise HyperParamsError(f"{source}: key 'inner_params' must name at least one weight")
+        if self.batch_size < 1:
+            raise HyperParamsError(f"{source}: key 'batch_size' must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self: T, **overrides: Any) -> T:
+        """A copy with ``overrides`` applied, checked like a file."""
+        return type(self).from_dict({**self.to_dict(), **overrides}, source="overrides")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Return ``value`` if it fits ``hint`` (ints widen to floats), else raise naming ``where``."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except HyperParamsError:
+                continue
+        raise HyperParamsError(f"{where} expects {_name(hint)}, got {value!r} ({type(value).__name__})")
+    if hint is type(None):
+        if value is None:
+            return None
+        raise HyperParamsError(f"{where} expects None, got {value!r}")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise HyperParamsError(f"{where} expects {_name(hint)}, got {value!r} ({type(value).__name__})")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, bool):
+        raise HyperParamsError(f"{where} expects {hint.__name__}, got a boolean {value!r}")
+    if isinstance(value, hint):
+        return value
+    raise HyperParamsError(f"{where} expects {_name(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")

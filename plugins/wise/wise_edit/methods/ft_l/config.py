@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...hparams import HyperParams, HyperParamsError
+
+
+@dataclass
+class FTLHyperParams(HyperParams):
+    """FT-L: fine-tune the one matrix named by ``inner_params`` on the edit (WISE paper baseline)."""
+
+    edit_lr: float = 1e-3
+    n_iter: int = 25
+    optimizer: str = "adam"
+    norm_constraint: float | None = None  # element-wise bound on the change, as in EasyEdit's FT
+    stop_loss: float = 0.01
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if len(self.inner_params) != 1:
+            raise HyperParamsError(f"{source}: FT-L edits exactly one matrix, inner_params has {len(self.inner_params)}")

@@ -1,0 +1,96 @@
+"""The evaluation protocol's metrics (SPEC §4), computed in padded batches.
+
+Every function feeds ``prompt + " " + answer`` once (teacher forcing) and reads the model's argmax (or
+log-probability) at the positions that predict the answer tokens. Routing decides on the prompt tokens only
+(:func:`wise_edit.routing.query_span`), as it would when the prompt is served with ``generate``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .routing import query_span
+from .tokens import TokenBatch, encode_batch, encode_pair, pad_pairs
+
+
+@dataclass
+class AnswerScores:
+    """Per-row results of one teacher-forced pass."""
+
+    predictions: list[torch.Tensor]  # argmax token at each answer position
+    targets: list[torch.Tensor]  # the answer tokens
+    nll: list[float]  # mean negative log-likelihood of the answer tokens
+
+    @property
+    def accuracy(self) -> list[float]:
+        return [token_accuracy(p, t) for p, t in zip(self.predictions, self.targets)]
+
+    @property
+    def perplexity(self) -> list[float]:
+        return [math.exp(v) for v in self.nll]
+
+
+def token_accuracy(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """Fraction of answer positions where the prediction equals the target token."""
+    if target.numel() == 0:
+        raise ValueError("empty answer: nothing to score")
+    return (predicted == target).float().mean().item()
+
+
+@torch.no_grad()
+def _score_batch(model: PreTrainedModel, batch: TokenBatch) -> AnswerScores:
+    device = model.device
+    batch = batch.to(device)
+    with query_span(batch.query_lengths):
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = logits[:, :-1].float()
+    labels = batch.labels[:, 1:]
+    logprobs = torch.log_softmax(logits, dim=-1)
+    preds, targets, nll = [], [], []
+    for row in range(labels.shape[0]):
+        positions = (labels[row] != -100).nonzero().squeeze(-1)
+        answer = labels[row, positions]
+        preds.append(logits[row, positions].argmax(-1).cpu())
+        targets.append(answer.cpu())
+        nll.append(-logprobs[row, positions, answer].mean().item())
+    return AnswerScores(preds, targets, nll)
+
+
+def score_answers(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], answers: list[str],
+                  batch_size: int = 16, max_length: int | None = None) -> AnswerScores:
+    """Teacher-forced predictions for each (prompt, answer) pair."""
+    out = AnswerScores([], [], [])
+    for start in range(0, len(prompts), batch_size):
+        part = encode_batch(tok, prompts[start:start + batch_size], answers[start:start + batch_size], max_length)
+        scores = _score_batch(model, part)
+        out.predictions += scores.predictions
+        out.targets += scores.targets
+        out.nll += scores.nll
+    return out
+
+
+def locality(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[float]:
+    """Fraction of answer positions whose argmax token is unchanged by editing."""
+    return [token_accuracy(a, b) for a, b in zip(after, before)]
+
+
+@torch.no_grad()
+def generation_exact_match(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
+                           answers: list[str], batch_size: int = 16, max_length: int | None = None) -> list[float]:
+    """1.0 where greedy ``generate`` (KV cache on) reproduces every answer token, else 0.0."""
+    scores: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        pairs = [encode_pair(tok, p, a, max_length) for p, a in
+                 zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
+        batch = pad_pairs([(p, []) for p, _ in pairs], tok.pad_token_id, side="left").to(model.device)
+        steps = max(len(t) for _, t in pairs)
+        generated = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=True,
+                                   pad_token_id=tok.pad_token_id)[:, batch.input_ids.shape[1]:].cpu()
+        for row, (_, target) in enumerate(pairs):
+            scores.append(float(generated[row, :len(target)].tolist() == target))
+    return scores

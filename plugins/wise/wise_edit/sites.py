@@ -1,0 +1,75 @@
+"""Resolving an ``inner_params`` path (``model.layers[25].mlp.down_proj.weight``) to the modules around it.
+
+Methods never guess an architecture from its name: the configured path says which linear map is edited,
+and the last ``[i]`` in it says which decoder layer (in which layer list) holds it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from torch import nn
+
+
+class SiteError(ValueError):
+    """``inner_params`` does not name an editable linear layer of this model."""
+
+
+@dataclass
+class EditSite:
+    """Where an edit happens: the linear map, its parent, and its decoder layer's place in the stack."""
+
+    path: str  # the configured inner_params string
+    module_path: str  # dotted path of the linear module
+    parent: nn.Module
+    attr: str
+    layers: nn.ModuleList
+    layers_path: str
+    layer_index: int
+
+    @property
+    def linear(self) -> nn.Module:
+        return getattr(self.parent, self.attr)
+
+    def replace(self, module: nn.Module) -> None:
+        setattr(self.parent, self.attr, module)
+
+
+def resolve_site(model: nn.Module, inner_param: str) -> EditSite:
+    """Find the linear module whose ``weight`` ``inner_param`` names, and the decoder layer holding it."""
+    dotted = re.sub(r"\[(\d+)\]", r".\1", inner_param.strip())
+    if not dotted.endswith(".weight"):
+        raise SiteError(f"inner_params entry {inner_param!r} must name a weight (end in '.weight')")
+    module_path = dotted[: -len(".weight")]
+    parts = module_path.split(".")
+    module: nn.Module = model
+    for depth, name in enumerate(parts):
+        child = module._modules.get(name) if hasattr(module, "_modules") else None
+        if child is None:
+            here = ".".join(parts[:depth]) or "<model>"
+            options = list(module._modules) if hasattr(module, "_modules") else []
+            if isinstance(module, nn.ModuleList):
+                options = [f"0..{len(module) - 1}"]
+            raise SiteError(
+                f"inner_params entry {inner_param!r}: {here!r} has no submodule {name!r} (it has {options})"
+            )
+        module = child
+    if not isinstance(module, nn.Linear) and not hasattr(module, "base_layer"):
+        raise SiteError(f"inner_params entry {inner_param!r} is a {type(module).__name__}, not a torch.nn.Linear")
+    index_positions = [i for i, p in enumerate(parts) if p.isdigit()]
+    if not index_positions:
+        raise SiteError(f"inner_params entry {inner_param!r} names no decoder layer index like 'layers[12]'")
+    k = index_positions[-1]
+    layers = model.get_submodule(".".join(parts[:k]))
+    if not isinstance(layers, nn.ModuleList):
+        raise SiteError(f"inner_params entry {inner_param!r}: {'.'.join(parts[:k])!r} is not a layer list")
+    return EditSite(
+        path=inner_param,
+        module_path=module_path,
+        parent=model.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else model,
+        attr=parts[-1],
+        layers=layers,
+        layers_path=".".join(parts[:k]),
+        layer_index=int(parts[k]),
+    )

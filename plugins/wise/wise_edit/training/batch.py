@@ -1,0 +1,55 @@
+"""The per-edit training batch: the edit row, the same row behind short context prefixes, and irrelevant rows.
+
+Prefixes make the edit hold when the question appears mid-text; they are generated once per model from a
+few seed words (greedy, so the same model always gets the same prefixes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..tokens import TokenBatch, encode_pair, pad_pairs
+
+SEED_WORDS = ("The", "Therefore", "Because", "I", "You", "However", "In", "We", "It", "This",
+              "She", "When", "After", "Many", "There", "Today", "One", "His", "For", "As")
+
+
+@torch.no_grad()
+def generate_prefixes(model: PreTrainedModel, tok: PreTrainedTokenizerBase, count: int,
+                      length: int = 8) -> list[str]:
+    """``count`` short model-written openings (one per seed word), each ending with a sentence break."""
+    if count == 0:
+        return []
+    if count > len(SEED_WORDS):
+        raise ValueError(f"at most {len(SEED_WORDS)} prefixes, asked for {count}")
+    batch = pad_pairs([(tok(w)["input_ids"], []) for w in SEED_WORDS[:count]], tok.pad_token_id, side="left")
+    batch = batch.to(model.device)
+    out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=length,
+                         do_sample=False, pad_token_id=tok.pad_token_id)
+    texts = tok.batch_decode(out, skip_special_tokens=True)
+    return [" ".join(t.replace("\n", " ").split()).strip() + ". " for t in texts]
+
+
+def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
+               include_loc: bool, max_length: int) -> tuple[TokenBatch, torch.Tensor]:
+    """Rows for the requests (each plain and behind every prefix) and, if asked, their ``loc_prompt`` rows.
+
+    Returns the batch and a bool (B,) marking the irrelevant rows.
+    """
+    pairs, irrelevant = [], []
+    for request in requests:
+        for prefix in ["", *prefixes]:
+            pairs.append(encode_pair(tok, prefix + request["prompt"], request["target_new"], max_length))
+            irrelevant.append(False)
+    if include_loc:
+        for request in requests:
+            if not request.get("loc_prompt"):
+                raise ValueError(f"request {request.get('case_id', '?')}: this method needs a 'loc_prompt' "
+                                 "(an irrelevant text) for its training batch")
+            ids = tok(request["loc_prompt"], add_special_tokens=True)["input_ids"][:max_length]
+            pairs.append((ids, []))
+            irrelevant.append(True)
+    return pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(irrelevant)

@@ -1,0 +1,38 @@
+"""The optimisation loop every trained edit uses."""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+
+def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor], *, n_iter: int, lr: float,
+             optimizer: str = "sgd", grad_clip: float | None = None, stop_loss: float | None = None,
+             after_step: Callable[[], None] | None = None) -> list[float]:
+    """Minimise ``loss_fn`` for at most ``n_iter`` steps; stop early once the loss is <= ``stop_loss``.
+
+    ``after_step`` runs after each update (projections such as norm constraints). Returns the loss curve.
+    """
+    params = list(params)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=lr)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=lr)
+    else:
+        raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
+    losses: list[float] = []
+    for _ in range(n_iter):
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        losses.append(loss.item())
+        if stop_loss is not None and losses[-1] <= stop_loss:
+            break
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        opt.step()
+        if after_step is not None:
+            with torch.no_grad():
+                after_step()
+    return losses

@@ -1,0 +1,119 @@
+"""Re-evaluating one batch many times when only the output of the edited linear map changes.
+
+During an edit, every weight below the edited matrix is frozen and so is the matrix's input (its *keys*).
+:class:`SiteRunner` therefore runs the model once, keeps the keys and what the layer adds around the edited
+matrix, and on each optimisation step re-runs only the layers above it, for the rows that carry labels, and
+the output head at the label positions. ``fast=False`` is the plain reference: a full forward every step with
+the edited matrix's output replaced, full logits; both give the same loss up to float rounding.
+
+Assumption (true for pre-norm decoders such as Llama, Mistral, Qwen, GPT-2): the edited matrix's output is
+added to the residual stream, so the layer's output is ``residual + W a``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from ..sites import EditSite
+from ..tokens import TokenBatch
+
+FFNFunction = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+
+class _Replay(nn.Module):
+    """Stands in for a decoder layer and returns a precomputed output."""
+
+    def __init__(self, make: Callable[[], Any]):
+        super().__init__()
+        self.make = make
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.make()
+
+
+class SiteRunner:
+    def __init__(self, model: PreTrainedModel, site: EditSite, batch: TokenBatch, fast: bool = True):
+        self.model, self.site, self.fast = model, site, fast
+        self.batch = batch.to(model.device)
+        labels = self.batch.labels
+        self.label_rows = (labels != -100).any(dim=1).nonzero().squeeze(-1)
+        # logits at position p - 1 predict the label at p
+        rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+        self._rows, self._cols = rows, cols
+        self.targets = labels[:, 1:][rows, cols]
+        self._keys = self._capture()
+
+    @torch.no_grad()
+    def _capture(self) -> torch.Tensor:
+        """One full pass recording the keys and the outputs needed to replay the frozen part."""
+        seen: dict[str, Any] = {}
+        layer = self.site.layers[self.site.layer_index]
+        hooks = [self.site.linear.register_forward_hook(
+            lambda m, args, out: seen.update(keys=args[0].detach(), linear_out=out.detach()))]
+        if self.fast:
+            hooks.append(layer.register_forward_hook(lambda m, args, out: seen.update(layer_out=out)))
+        try:
+            self.model.get_decoder()(input_ids=self.batch.input_ids, attention_mask=self.batch.attention_mask,
+                                     use_cache=False)
+        finally:
+            for h in hooks:
+                h.remove()
+        if self.fast:
+            rows = self.label_rows
+            self._layer_out = seen["layer_out"]
+            self._residual = (_hidden(seen["layer_out"]) - seen["linear_out"])[rows]
+        return seen["keys"]
+
+    @property
+    def keys(self) -> torch.Tensor:
+        """(B, S, d_in) input of the edited matrix for every row of the batch."""
+        return self._keys
+
+    def logits(self, ffn: FFNFunction) -> torch.Tensor:
+        """(N, V) logits at the label positions when the edited matrix computes ``ffn(keys)``."""
+        return self._fast_logits(ffn) if self.fast else self._naive_logits(ffn)
+
+    def _fast_logits(self, ffn: FFNFunction) -> torch.Tensor:
+        rows = self.label_rows
+        out = ffn(self._keys)[rows]
+        site, layers = self.site, self.site.layers
+        originals = [layers[i] for i in range(site.layer_index + 1)]
+        patched = _with_hidden(self._layer_out, self._residual + out)
+        try:
+            for i in range(site.layer_index + 1):  # the frozen layers up to the edited one are not re-run
+                layers[i] = _Replay(lambda: patched)
+            hidden = self.model.get_decoder()(input_ids=self.batch.input_ids[rows],
+                                              attention_mask=self.batch.attention_mask[rows],
+                                              use_cache=False).last_hidden_state
+        finally:
+            for i, module in enumerate(originals):
+                layers[i] = module
+        # map batch rows to their place among the label rows
+        place = torch.empty(self.batch.labels.shape[0], dtype=torch.long, device=hidden.device)
+        place[rows] = torch.arange(rows.numel(), device=hidden.device)
+        return self.model.get_output_embeddings()(hidden[place[self._rows], self._cols])
+
+    def _naive_logits(self, ffn: FFNFunction) -> torch.Tensor:
+        hook = self.site.linear.register_forward_hook(lambda m, args, out: ffn(args[0]))
+        try:
+            logits = self.model(input_ids=self.batch.input_ids, attention_mask=self.batch.attention_mask,
+                                use_cache=False).logits
+        finally:
+            hook.remove()
+        return logits[self._rows, self._cols]
+
+    def cross_entropy(self, ffn: FFNFunction) -> torch.Tensor:
+        """Mean cross-entropy of the label tokens."""
+        return nn.functional.cross_entropy(self.logits(ffn).float(), self.targets)

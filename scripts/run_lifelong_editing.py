@@ -1,0 +1,82 @@
+#!/usr/bin/env python
+"""Lifelong editing from the command line (Hydra).
+
+    python scripts/run_lifelong_editing.py alg_name=WISE data=zsre ds_size=100 sequential_edit=true \
+        hparams.edit_lr=0.5 output_dir=outputs/wise-100
+    python scripts/run_lifelong_editing.py -m alg_name=WISE,MEMOIR ds_size=10,100
+
+Writes ``<output_dir>/results.json`` and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _project_path(value: str) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else ROOT / path
+
+
+def run(cfg: DictConfig) -> dict:
+    from wise_edit import HyperParams, LifelongEditor
+    from wise_edit.data import load_dataset
+    from wise_edit.models import resolve_model_path
+    from wise_edit.results import code_version, markdown_table, write_json
+
+    start = time.perf_counter()
+    hparams_file = _project_path(cfg.hparams_file or f"hparams/{cfg.alg_name}/{cfg.model}.yaml")
+    hparams = HyperParams.from_hparams(hparams_file)
+    overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
+    if overrides:
+        hparams = hparams.replace(**overrides)
+    data_path = _project_path(cfg.data_path or cfg.data.path)
+    loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
+    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path)
+    editor = LifelongEditor.from_hparams(hparams)
+    run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
+                                   rel_metric=dataset.format.rel_metric, rephrase_name=dataset.format.rephrase_name,
+                                   eval_generation=cfg.eval_generation, progress=cfg.progress)
+    run_out["timing"]["wall_seconds"] = time.perf_counter() - start
+    output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
+        cfg.output_dir)
+    payload = {
+        "summary": run_out["summary"],
+        "alg_name": hparams.alg_name,
+        "sequential_edit": cfg.sequential_edit,
+        "requests": run_out["requests"],
+        "config": {"run": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams.to_dict(),
+                   "hparams_file": str(hparams_file)},
+        "code_version": code_version(),
+        "model": {"name": hparams.model_name, "path": resolve_model_path(hparams.model_name)},
+        "data": dataset.describe(),
+        "timing": run_out["timing"],
+    }
+    path = write_json(output_dir / "results.json", payload)
+    row = {"method": hparams.alg_name, "T": cfg.ds_size, **run_out["summary"]}
+    print(markdown_table([row]))
+    print(f"seconds/edit {run_out['timing']['seconds_per_edit']:.2f}  results: {path}")
+    return payload
+
+
+@hydra.main(config_path="../configs", config_name="run", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def _allow_hparams_overrides(argv: list[str]) -> list[str]:
+    """``hparams.<key>=v`` may name any key of the method's file, which the Hydra config cannot list: add-or-set."""
+    return [f"++{a}" if a.startswith("hparams.") else a for a in argv]
+
+
+if __name__ == "__main__":
+    sys.argv = [sys.argv[0], *_allow_hparams_overrides(sys.argv[1:])]
+    main()
