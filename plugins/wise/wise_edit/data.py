@@ -26,7 +26,9 @@ class DataFormat:
     loc_fields: tuple[str, str]  # train-file fields joined into a loc_prompt
     rel_metric: str = "accuracy"  # or "perplexity"
     rephrase_name: str = "gen"  # summary name of the rephrase metric ("ood" for Temporal)
-    optional: tuple[str, ...] = ()
+    #: request keys whose field must exist but may be empty (the published Hallucination set has empty
+    #: locality answers: such a request has no locality probe, and the dataset lists it)
+    may_be_empty: tuple[str, ...] = ("locality_ground_truth",)
 
 
 FORMATS: dict[str, DataFormat] = {
@@ -80,7 +82,7 @@ class EditDataset:
     def describe(self) -> dict[str, Any]:
         """What a results file records about the data."""
         return {"name": self.name, "path": self.path, "sha256": self.sha256, "ds_size": len(self.requests),
-                "loc_path": self.loc_path}
+                "loc_path": self.loc_path, **self.extra}
 
 
 def sha256_file(path: str | Path) -> str:
@@ -103,13 +105,15 @@ def _read_records(path: Path) -> list[Any]:
     return records
 
 
-def _text(record: Any, index: int, name: str, path: Path) -> str:
+def _text(record: Any, index: int, name: str, path: Path, may_be_empty: bool = False) -> str:
     if not isinstance(record, dict):
         raise DataError(f"{path}: record {index}: expected an object, got {type(record).__name__}")
     if name not in record:
         raise DataError(f"{path}: record {index}: missing field {name!r}")
     value = record[name]
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        raise DataError(f"{path}: record {index}: field {name!r} must be a string, got {value!r}")
+    if not value.strip() and not may_be_empty:
         raise DataError(f"{path}: record {index}: field {name!r} must be a non-empty string, got {value!r}")
     return value
 
@@ -137,14 +141,19 @@ def load_dataset(
             raise DataError(f"{loc_path}: no records to draw loc_prompts from")
         for i in range(len(records)):
             j = i % len(loc_records)
-            a, b = (_text(loc_records[j], j, f, loc_path) for f in fmt.loc_fields)
-            loc_prompts.append(f"{a} {b}")
-    requests = []
+            text, answer = _text(loc_records[j], j, fmt.loc_fields[0], loc_path), _text(
+                loc_records[j], j, fmt.loc_fields[1], loc_path, may_be_empty=True)
+            loc_prompts.append(f"{text} {answer}".strip())
+    requests, no_locality = [], []
     for i, record in enumerate(records):
         request: dict[str, Any] = {"case_id": i}
         for key, source in fmt.fields.items():
-            request[key] = _text(record, i, source, path)
+            request[key] = _text(record, i, source, path, may_be_empty=key in fmt.may_be_empty)
+        if "locality_ground_truth" in request and not request["locality_ground_truth"].strip():
+            del request["locality_prompt"], request["locality_ground_truth"]
+            no_locality.append(i)
         request["loc_prompt"] = loc_prompts[i] if loc_prompts else None
         requests.append(request)
     return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
-                       loc_path=str(loc_path) if loc_path is not None else None)
+                       loc_path=str(loc_path) if loc_path is not None else None,
+                       extra={"records_without_locality_probe": no_locality} if no_locality else {})

@@ -134,3 +134,24 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
 
 def _name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+@dataclasses.dataclass
+class TrainedEditHyperParams(HyperParams):
+    """Keys of methods that train each edit by gradient steps on the edit's batch."""
+
+    edit_lr: float = 1.0
+    optimizer: str = "sgd"
+    n_iter: int = 30
+    #: clip the gradient norm before each step (None: no clipping)
+    grad_clip: Union[float, None] = None
+    #: stop an edit's training once its loss is at or below this
+    stop_loss: float = 0.02
+    #: context prefixes generated once per model and put in front of each edit's training row
+    n_prefixes: int = 10
+    prefix_length: int = 8
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if self.optimizer not in ("sgd", "adam"):
+            raise HyperParamsError(f"{source}: key 'optimizer' must be 'sgd' or 'adam', got {self.optimizer!r}")

@@ -55,8 +55,9 @@ def resolve_site(model: nn.Module, inner_param: str) -> EditSite:
                 f"inner_params entry {inner_param!r}: {here!r} has no submodule {name!r} (it has {options})"
             )
         module = child
-    if not isinstance(module, nn.Linear) and not hasattr(module, "base_layer"):
-        raise SiteError(f"inner_params entry {inner_param!r} is a {type(module).__name__}, not a torch.nn.Linear")
+    if not isinstance(module, nn.Linear):
+        raise SiteError(f"inner_params entry {inner_param!r} is a {type(module).__name__}, not a torch.nn.Linear"
+                        " (a layer that already carries an editor's memory cannot take a second one)")
     index_positions = [i for i, p in enumerate(parts) if p.isdigit()]
     if not index_positions:
         raise SiteError(f"inner_params entry {inner_param!r} names no decoder layer index like 'layers[12]'")

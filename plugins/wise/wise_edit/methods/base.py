@@ -9,8 +9,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hparams import HyperParams
+from ..routing import Memory, RoutedLinear
 from ..sites import EditSite, resolve_site
 from ..tokens import TokenBatch
+from ..training.batch import generate_prefixes
 from ..training.runner import SiteRunner
 
 
@@ -24,6 +26,22 @@ class EditMethod(ABC):
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, hparams: HyperParams):
         self.model, self.tok, self.hparams = model, tok, hparams
         self.sites: list[EditSite] = [resolve_site(model, p) for p in hparams.inner_params]
+        self._prefixes: list[str] | None = None
+
+    @property
+    def prefixes(self) -> list[str]:
+        """Context prefixes for training rows, generated on first use (``n_prefixes`` of them)."""
+        if self._prefixes is None:
+            count, length = getattr(self.hparams, "n_prefixes", 0), getattr(self.hparams, "prefix_length", 8)
+            self._prefixes = generate_prefixes(self.model, self.tok, count, length)
+        return self._prefixes
+
+    def attach_memory(self, memory: Memory) -> RoutedLinear:
+        """Wrap the edited matrix so ``memory`` answers the inputs it recognises (once, for the object's life)."""
+        layer = RoutedLinear(self.site.linear, memory)
+        self.site.replace(layer)
+        layer.watch(self.model)
+        return layer
 
     @property
     def site(self) -> EditSite:

@@ -13,14 +13,16 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..tokens import TokenBatch, encode_pair, pad_pairs
 
-SEED_WORDS = ("The", "Therefore", "Because", "I", "You", "However", "In", "We", "It", "This",
-              "She", "When", "After", "Many", "There", "Today", "One", "His", "For", "As")
+#: two-word openers: this small instruct model answers a lone word with hyphenated junk
+SEED_WORDS = ("The city", "Therefore, we", "Because of", "I think", "You can", "However, the", "In the",
+              "We have", "It is", "This is", "She was", "When the", "After the", "Many people", "There are",
+              "Today, the", "One of", "His work", "For the", "As a")
 
 
 @torch.no_grad()
 def generate_prefixes(model: PreTrainedModel, tok: PreTrainedTokenizerBase, count: int,
                       length: int = 8) -> list[str]:
-    """``count`` short model-written openings (one per seed word), each ending with a sentence break."""
+    """``count`` short model-written openings (one per seed), each ending with a sentence break."""
     if count == 0:
         return []
     if count > len(SEED_WORDS):

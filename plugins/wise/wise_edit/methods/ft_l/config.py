@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...hparams import HyperParams, HyperParamsError
+from ...hparams import HyperParamsError, TrainedEditHyperParams
 
 
 @dataclass
-class FTLHyperParams(HyperParams):
+class FTLHyperParams(TrainedEditHyperParams):
     """FT-L: fine-tune the one matrix named by ``inner_params`` on the edit (WISE paper baseline)."""
 
     edit_lr: float = 1e-3
@@ -14,8 +14,10 @@ class FTLHyperParams(HyperParams):
     optimizer: str = "adam"
     norm_constraint: float | None = None  # element-wise bound on the change, as in EasyEdit's FT
     stop_loss: float = 0.01
+    n_prefixes: int = 0  # the WISE paper's FT-L trains on the edit row alone
 
     def validate(self, source: str) -> None:
         super().validate(source)
         if len(self.inner_params) != 1:
-            raise HyperParamsError(f"{source}: FT-L edits exactly one matrix, inner_params has {len(self.inner_params)}")
+            raise HyperParamsError(
+                f"{source}: FT-L edits exactly one matrix, inner_params has {len(self.inner_params)}")

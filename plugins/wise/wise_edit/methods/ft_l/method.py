@@ -19,7 +19,7 @@ class FTL(EditMethod):
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
         weight = self.site.linear.weight
-        batch, _ = edit_batch(self.tok, requests, prefixes=[], include_loc=False, max_length=hp.max_length)
+        batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
         runner = self.runner(batch)
         delta = torch.zeros_like(weight, requires_grad=True)
 
@@ -28,8 +28,8 @@ class FTL(EditMethod):
                 delta.clamp_(-hp.norm_constraint, hp.norm_constraint)
 
         losses = optimise([delta], lambda: runner.cross_entropy(lambda a: F.linear(a, weight + delta)),
-                          n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer, stop_loss=hp.stop_loss,
-                          after_step=clamp)
+                          n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=hp.grad_clip,
+                          stop_loss=hp.stop_loss, after_step=clamp)
         with torch.no_grad():
             weight += delta
         return {"losses": losses}

@@ -1,0 +1,4 @@
+from .config import MEMOIRHyperParams
+from .method import MEMOIR
+
+__all__ = ["MEMOIRHyperParams", "MEMOIR"]

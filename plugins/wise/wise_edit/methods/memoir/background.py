@@ -1,0 +1,52 @@
+"""The background activation TopHash subtracts: the mean key of irrelevant prompts, cached on disk.
+
+Computed once per (model weights, layer, prompt set): the cache key hashes the edited matrix itself, so two
+different models that share a name never share a background.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ...models import cache_dir
+from ...routing import query_mask
+from ...sites import EditSite
+from ...tokens import encode_batch
+
+
+def _cache_key(site: EditSite, weight: torch.Tensor, prompts: list[str]) -> str:
+    digest = hashlib.sha256()
+    digest.update(site.module_path.encode())
+    digest.update(weight.detach().cpu().contiguous().numpy().tobytes())
+    for prompt in prompts:
+        digest.update(prompt.encode() + b"\0")
+    return digest.hexdigest()[:24]
+
+
+@torch.no_grad()
+def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, weight: torch.Tensor,
+                    prompts: list[str], max_length: int, batch_size: int = 16) -> torch.Tensor:
+    """Mean over ``prompts`` of each prompt's mean key at ``site`` (d_in,)."""
+    path = cache_dir() / "background" / f"{_cache_key(site, weight, prompts)}.pt"
+    if path.exists():
+        return torch.load(path, map_location=weight.device)
+    means = []
+    captured: list[torch.Tensor] = []
+    hook = site.linear.register_forward_hook(lambda m, args, out: captured.append(args[0]))
+    try:
+        for start in range(0, len(prompts), batch_size):
+            part = prompts[start:start + batch_size]
+            batch = encode_batch(tok, part, [None] * len(part), max_length).to(model.device)
+            captured.clear()
+            model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            weights = query_mask(batch.attention_mask, None).to(captured[0].dtype)
+            means.append((captured[0] * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
+    finally:
+        hook.remove()
+    mean = torch.cat(means).mean(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(mean.cpu(), path)
+    return mean

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...hparams import HyperParamsError, TrainedEditHyperParams
+
+
+@dataclass
+class MEMOIRHyperParams(TrainedEditHyperParams):
+    """MEMOIR: a zero-initialised residual memory written through sample-dependent sparse masks (TopHash)."""
+
+    grad_clip: float | None = 1.0
+    #: active inputs per edit (4096 of 14336 for LLaMA-3-8B)
+    top_k: int = 4096
+    #: least mask overlap |M_q & M_e| / top_k for the memory to fire (0.4 ZsRE, 0.9 hallucination)
+    irr_threshold: float = 0.4
+    #: irrelevant prompts averaged into the background activation that TopHash subtracts
+    n_background: int = 100
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if len(self.inner_params) != 1:
+            raise HyperParamsError(f"{source}: MEMOIR keeps one residual memory, inner_params has "
+                                   f"{len(self.inner_params)}")
+        if self.top_k < 1:
+            raise HyperParamsError(f"{source}: key 'top_k' must be >= 1, got {self.top_k}")
+        if not 0 < self.irr_threshold <= 1:
+            raise HyperParamsError(f"{source}: key 'irr_threshold' must be in (0, 1], got {self.irr_threshold}")

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ...routing import query_mask
+from ...training.batch import edit_batch, generate_prefixes
+from ...training.loop import optimise
+from ..base import EditMethod
+from .background import background_mean
+from .config import MEMOIRHyperParams
+from .residual_memory import ResidualMemory
+
+
+class MEMOIR(EditMethod):
+    """Each edit trains only the columns of the residual memory that its prompt's TopHash mask selects."""
+
+    hparams: MEMOIRHyperParams
+
+    def __init__(self, model, tok, hparams: MEMOIRHyperParams):
+        super().__init__(model, tok, hparams)
+        weight = self.site.linear.weight
+        self.memory = ResidualMemory(weight.shape, weight.device, hparams.top_k, hparams.irr_threshold, hparams.seed)
+        self.layer = self.attach_memory(self.memory)
+        self._calibrated = False
+
+    def prepare(self, requests: list[dict[str, Any]]) -> None:
+        """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes)."""
+        if self._calibrated:
+            return
+        texts = [r["loc_prompt"] for r in requests if r.get("loc_prompt")][: self.hparams.n_background]
+        if not texts:
+            texts = generate_prefixes(self.model, self.tok, 20, self.hparams.prefix_length)
+        self.memory.hash.background = background_mean(self.model, self.tok, self.site, self.layer.base.weight,
+                                                      texts, self.hparams.max_length)
+        self._calibrated = True
+
+    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        hp = self.hparams
+        if not self._calibrated:
+            self.prepare(requests)
+        batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
+        runner = self.runner(batch)
+        weight = self.layer.base.weight
+        rows_per_request = 1 + len(self.prefixes)
+        plain = torch.arange(len(requests), device=weight.device) * rows_per_request
+        prompt_tokens = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
+        masks = self.memory.hash.masks(runner.keys[plain], prompt_tokens[plain])  # (R, d_in)
+        row_masks = masks.repeat_interleave(rows_per_request, dim=0).to(weight.dtype)  # same mask for all rows
+        columns = masks.any(0).nonzero().squeeze(-1)
+        sub = self.memory.weight[:, columns].clone().requires_grad_(True)  # only these columns can change
+        row_masks = row_masks[:, columns]
+
+        def ffn(keys: torch.Tensor) -> torch.Tensor:
+            return F.linear(keys, weight) + (keys[..., columns] * row_masks[:, None, :]) @ sub.T
+
+        losses = optimise([sub], lambda: runner.cross_entropy(ffn), n_iter=hp.n_iter, lr=hp.edit_lr,
+                          optimizer=hp.optimizer, grad_clip=hp.grad_clip, stop_loss=hp.stop_loss)
+        with torch.no_grad():
+            self.memory.weight[:, columns] = sub.detach()
+        self.memory.db.add(masks)
+        return {"losses": losses}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.memory.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.memory.load_state_dict(state)

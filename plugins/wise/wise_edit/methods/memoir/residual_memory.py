@@ -1,0 +1,49 @@
+"""MEMOIR's residual memory: ``W a + W_m (M ⊙ a)`` where ``M`` is the stored mask the query matches best.
+
+``W_m`` starts at zero and each edit writes only its own mask's columns. A query whose mask overlaps no
+stored mask by ``irr_threshold`` skips the memory, so its output is exactly the original model's.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...routing import MAIN
+from .mask_db import MaskDatabase
+from .tophash import TopHash
+
+
+class ResidualMemory:
+    def __init__(self, shape: torch.Size, device: torch.device, top_k: int, irr_threshold: float, seed: int):
+        self.weight = torch.zeros(shape, device=device)  # W_m (d_out, d_in)
+        self.hash = TopHash(shape[1], top_k, seed, device)
+        self.db = MaskDatabase(shape[1], device)
+        self.irr_threshold = irr_threshold
+        self._masks: torch.Tensor | None = None  # the routed rows' stored masks, from the last ``route``
+
+    def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if len(self.db) == 0:
+            return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
+        index, overlap = self.db.best(self.hash.masks(keys, mask))
+        fires = overlap.float() / self.hash.top_k >= self.irr_threshold
+        route = torch.where(fires, index, torch.full_like(index, MAIN))
+        self._masks = self.db.unpack(route.clamp(min=0))
+        return route
+
+    def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        assert self._masks is not None
+        gate = self._masks & (route != MAIN)[:, None]
+        return (keys * gate[:, None, :].to(keys.dtype)) @ self.weight.T
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight.clone(), "masks": self.db.words.clone(),
+                "permutation": self.hash.permutation.clone(), "background": self.hash.background.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["weight"].shape != self.weight.shape:
+            raise ValueError(f"saved residual memory has shape {tuple(state['weight'].shape)}, this layer "
+                             f"{tuple(self.weight.shape)}")
+        self.weight = state["weight"].clone().to(self.weight.device)
+        self.db.words = state["masks"].clone().to(self.weight.device)
+        self.hash.permutation = state["permutation"].clone().to(self.weight.device)
+        self.hash.background = state["background"].clone().to(self.weight.device)

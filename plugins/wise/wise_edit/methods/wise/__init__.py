@@ -1,0 +1,4 @@
+from .config import WISEHyperParams
+from .method import WISE
+
+__all__ = ["WISEHyperParams", "WISE"]

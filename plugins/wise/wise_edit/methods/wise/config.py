@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ...hparams import HyperParamsError, TrainedEditHyperParams
+
+
+@dataclass
+class WISEHyperParams(TrainedEditHyperParams):
+    """WISE (Wang et al. 2024): side memory, activation router, knowledge shards merged with TIES."""
+
+    n_iter: int = 70
+    #: margins (alpha, beta, gamma) of the routing loss: irrelevant < alpha, edits > beta, gap > gamma
+    act_margin: list[float] = field(default_factory=lambda: [5.0, 20.0, 10.0])
+    act_ratio: float = 0.88
+    mask_ratio: float = 0.2
+    norm_constraint: float = 1.0
+    save_freq: int = 500
+    merge_freq: int = 1000
+    densities: float = 0.53
+    retrieve: bool = False
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if len(self.inner_params) != 1:
+            raise HyperParamsError(f"{source}: WISE keeps one side memory, inner_params has {len(self.inner_params)}")
+        if len(self.act_margin) != 3:
+            raise HyperParamsError(f"{source}: key 'act_margin' needs [alpha, beta, gamma], got {self.act_margin}")
+        if not 0 < self.mask_ratio <= 1:
+            raise HyperParamsError(f"{source}: key 'mask_ratio' must be in (0, 1], got {self.mask_ratio}")
+        if self.save_freq < 1 or self.merge_freq % self.save_freq:
+            raise HyperParamsError(f"{source}: key 'merge_freq' ({self.merge_freq}) must be a multiple of "
+                                   f"'save_freq' ({self.save_freq})")

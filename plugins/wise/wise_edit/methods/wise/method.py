@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ...routing import query_mask
+from ...training.batch import edit_batch
+from ...training.loop import optimise
+from ..base import EditMethod
+from .config import WISEHyperParams
+from .loss import margin_loss
+from .merge import ties_merge
+from .router import activation_scores
+from .shards import shard_mask
+from .side_memory import SideMemory
+
+
+class WISE(EditMethod):
+    """Edits go to a side memory next to the configured FFN matrix; the main memory never changes.
+
+    Every edit lands in the same side memory for the life of this object (and its saved state): it is
+    created once, at construction, never per edit.
+    """
+
+    hparams: WISEHyperParams
+
+    def __init__(self, model, tok, hparams: WISEHyperParams):
+        super().__init__(model, tok, hparams)
+        weight = self.site.linear.weight
+        self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio)
+        self.side.open()
+        self.layer = self.attach_memory(self.side)
+        self.edits = 0  # edits applied so far; decides shard saves and merges
+
+    def _mask(self) -> torch.Tensor:
+        hp = self.hparams
+        weight = self.layer.base.weight
+        return shard_mask(weight.shape, hp.mask_ratio, hp.seed, self.edits // hp.save_freq, weight.device)
+
+    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        hp = self.hparams
+        alpha, beta, gamma = hp.act_margin
+        batch, irrelevant = edit_batch(self.tok, requests, self.prefixes, include_loc=True,
+                                       max_length=hp.max_length)
+        runner = self.runner(batch)
+        weight = self.layer.base.weight
+        side, memory = self.side, self.side.active
+        fixed = memory.change()
+        mask = self._mask()
+        live = (side.live.clone() if side.live is not None else torch.zeros_like(weight)).requires_grad_(True)
+        irrelevant = irrelevant.to(weight.device)
+        # edit rows decide on their prompt; irrelevant rows on all their tokens (they have no target)
+        scored = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
+        routing_loss: list[torch.Tensor] = []
+
+        def ffn(keys: torch.Tensor) -> torch.Tensor:
+            change = fixed + live * mask
+            scores = activation_scores(keys, change, scored)
+            routing_loss.append(margin_loss(scores[~irrelevant], scores[irrelevant], alpha, beta, gamma))
+            return F.linear(keys, weight + change)
+
+        def loss() -> torch.Tensor:
+            routing_loss.clear()
+            ce = runner.cross_entropy(ffn)
+            return ce + routing_loss[0]
+
+        def constrain() -> None:
+            live.mul_(mask).clamp_(-hp.norm_constraint, hp.norm_constraint)
+
+        losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=hp.grad_clip,
+                          stop_loss=hp.stop_loss,
+                          after_step=constrain)
+        side.live = live.detach()
+        first_rows = torch.arange(len(requests), device=weight.device) * (1 + len(self.prefixes))
+        for row in first_rows.tolist():
+            n = int(runner.batch.query_lengths[row])
+            memory.edit_keys.append(runner.keys[row, :n].detach().clone())
+        self.edits += len(requests)
+        self._close_shards()
+        side.refresh()
+        side.calibrate(len(side.memories) - 1)
+        return {"losses": losses}
+
+    def _close_shards(self) -> None:
+        """At a shard boundary store the live shard; at a merge boundary merge the stored shards."""
+        hp, side = self.hparams, self.side
+        if self.edits % hp.save_freq or side.live is None:
+            return
+        side.active.pending.append(side.live)
+        side.live = None
+        if self.edits % hp.merge_freq:
+            return
+        memory = side.active
+        memory.merged = memory.merged + ties_merge(memory.pending, hp.densities)
+        memory.pending = []
+        side.refresh()
+        side.calibrate(len(side.memories) - 1)
+        if hp.retrieve:
+            side.open()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.side.state_dict(), "edits": torch.tensor(self.edits)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.edits = int(state.pop("edits"))
+        self.side.load_state_dict(state)

@@ -1,0 +1,35 @@
+"""The activation router: which side memory (if any) answers an input.
+
+Score of an input for a side memory with change D = W' - W: the mean over its query tokens of
+||a D^T||, i.e. how much that memory would move this layer's output. A memory answers when the score reaches
+its threshold ``act_ratio * (smallest score of the edits it holds)``; with several memories (WISE-Retrieve) the
+highest-scoring one among those above their thresholds answers.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...routing import MAIN
+
+
+def activation_scores(keys: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B,) mean over the masked tokens of ||keys @ delta^T||."""
+    norms = torch.linalg.vector_norm(keys @ delta.T, dim=-1)
+    mask = mask.to(norms.dtype)
+    return (norms * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def threshold(edit_scores: torch.Tensor, act_ratio: float) -> float:
+    """``act_ratio`` times the weakest edit's score: every held edit is routed, with a safety margin."""
+    return act_ratio * edit_scores.min().item() if edit_scores.numel() else float("inf")
+
+
+def select(scores: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the highest-scoring memory among those at or above their threshold, else ``MAIN``.
+
+    ``scores`` is (M, B), ``thresholds`` (M,).
+    """
+    above = scores >= thresholds[:, None]
+    best = torch.where(above, scores, torch.full_like(scores, -float("inf"))).argmax(dim=0)
+    return torch.where(above.any(dim=0), best, torch.full_like(best, MAIN))

@@ -1,0 +1,113 @@
+"""WISE's side memories: copies of the edited FFN output matrix, stored as their change from it.
+
+Memory ``m`` answers with ``W + D_m`` where ``D_m = merged_m + sum(pending shards of m)``. WISE-Merge keeps one
+memory for the whole stream; WISE-Retrieve closes a memory at every merge and opens a new one. The object
+plugs into :class:`wise_edit.routing.RoutedLinear` (``route`` / ``delta``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...routing import MAIN
+from .router import activation_scores, select, threshold
+
+
+@dataclass
+class Memory:
+    merged: torch.Tensor  # (d_out, d_in) change already merged
+    pending: list[torch.Tensor] = field(default_factory=list)  # finished shards awaiting the next merge
+    edit_keys: list[torch.Tensor] = field(default_factory=list)  # (S_i, d_in) query keys of each held edit
+    threshold: float = float("inf")
+
+    def change(self) -> torch.Tensor:
+        return self.merged + sum(self.pending) if self.pending else self.merged
+
+
+class SideMemory:
+    def __init__(self, shape: torch.Size, device: torch.device, act_ratio: float):
+        self.shape, self.device, self.act_ratio = shape, device, act_ratio
+        self.memories: list[Memory] = []
+        self._changes: torch.Tensor | None = None  # (M, d_out, d_in) cache of each memory's change
+        self.live: torch.Tensor | None = None  # the shard being trained, added to the newest memory
+
+    def open(self) -> Memory:
+        """Start a new (empty) memory: WISE-Merge does this once, WISE-Retrieve after every merge."""
+        self.memories.append(Memory(merged=torch.zeros(self.shape, device=self.device)))
+        self.refresh()
+        return self.memories[-1]
+
+    @property
+    def active(self) -> Memory:
+        return self.memories[-1]
+
+    def refresh(self) -> None:
+        """Recompute the cached changes (after any edit, shard save or merge)."""
+        changes = [m.change() for m in self.memories]
+        if changes and self.live is not None:
+            changes[-1] = changes[-1] + self.live
+        self._changes = torch.stack(changes) if changes else None
+
+    def change(self, index: int) -> torch.Tensor:
+        assert self._changes is not None
+        return self._changes[index]
+
+    def calibrate(self, index: int) -> None:
+        """Threshold of memory ``index`` from what it does *now* for every edit it holds."""
+        memory = self.memories[index]
+        if not memory.edit_keys:
+            memory.threshold = float("inf")
+            return
+        change = self.change(index)
+        scores = torch.stack([activation_scores(k[None], change, k.new_ones(1, k.shape[0]))[0]
+                              for k in memory.edit_keys])
+        memory.threshold = threshold(scores, self.act_ratio)
+
+    # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
+    def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self._changes is None:
+            return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
+        scores = torch.stack([activation_scores(keys, d, mask) for d in self._changes])
+        limits = torch.tensor([m.threshold for m in self.memories], dtype=scores.dtype, device=scores.device)
+        return select(scores, limits)
+
+    def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        assert self._changes is not None
+        out = keys.new_zeros(*keys.shape[:-1], self.shape[0])
+        for index in route.unique().tolist():
+            if index != MAIN:
+                rows = route == index
+                out[rows] = keys[rows] @ self._changes[index].T
+        return out
+
+    # --- state -----------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        state: dict[str, torch.Tensor] = {"num_memories": torch.tensor(len(self.memories))}
+        for m, memory in enumerate(self.memories):
+            state[f"memory.{m}.merged"] = memory.merged.clone()
+            state[f"memory.{m}.threshold"] = torch.tensor(memory.threshold)
+            state[f"memory.{m}.num_pending"] = torch.tensor(len(memory.pending))
+            state[f"memory.{m}.num_edits"] = torch.tensor(len(memory.edit_keys))
+            for k, shard in enumerate(memory.pending):
+                state[f"memory.{m}.pending.{k}"] = shard.clone()
+            for k, keys in enumerate(memory.edit_keys):
+                state[f"memory.{m}.edit_keys.{k}"] = keys.clone()
+        if self.live is not None:
+            state["live"] = self.live.clone()
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.memories = []
+        for m in range(int(state["num_memories"])):
+            self.memories.append(Memory(
+                merged=state[f"memory.{m}.merged"].clone().to(self.device),
+                pending=[state[f"memory.{m}.pending.{k}"].clone().to(self.device)
+                         for k in range(int(state[f"memory.{m}.num_pending"]))],
+                edit_keys=[state[f"memory.{m}.edit_keys.{k}"].clone().to(self.device)
+                           for k in range(int(state[f"memory.{m}.num_edits"]))],
+                threshold=float(state[f"memory.{m}.threshold"]),
+            ))
+        self.live = state["live"].clone().to(self.device) if "live" in state else None
+        self.refresh()

@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Speed of editing and of edited inference on the bundled model; prints a table and writes JSON.
+
+    python scripts/bench_edit_speed.py --methods WISE MEMOIR --edits 10 --out outputs/bench.json
+
+Per method, on the same first ``--edits`` ZsRE requests and a fixed number of steps (no early stop, so both
+loops do the same work): median seconds per edit of the fast loop and of the naive loop (full forward each
+step) and their ratio, whether their loss curves agree; then the median forward latency of the edited model
+vs the unedited one on ``--prompts`` unrelated prompts. For MEMOIR also the cost of matching 10,000 stored
+masks against one forward pass on a 32-token prompt. Ratios are measured in one run on the same inputs, so
+they hold on a noisy shared machine where absolute seconds do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from wise_edit import HyperParams, LifelongEditor
+from wise_edit.data import load_dataset
+from wise_edit.models import load_model, load_tokenizer
+from wise_edit.results import code_version, write_json
+from wise_edit.tokens import encode_batch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "zsre"
+
+
+def edit_times(hparams: HyperParams, model, tok, requests: list[dict]) -> tuple[list[float], list[list[float]]]:
+    editor = LifelongEditor(hparams, model=model, tok=tok)
+    editor.method.prepare(requests)
+    editor.method.apply(requests[:1])  # warm-up (prefix generation, allocator), not timed
+    editor.method.load_state_dict(editor.method.state_dict())
+    times, curves = [], []
+    for request in requests:
+        t0 = time.perf_counter()
+        curves.append(editor.method.apply([request])["losses"])
+        times.append(time.perf_counter() - t0)
+    return times, curves
+
+
+@torch.no_grad()
+def forward_latency(model, batches: list, repeats: int = 3) -> float:
+    """Median seconds of one forward pass of a single prompt."""
+    samples = []
+    for _ in range(repeats):
+        for batch in batches:
+            t0 = time.perf_counter()
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+            samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def mask_matching(model, tok, hparams) -> dict:
+    from wise_edit.methods.memoir.mask_db import MaskDatabase
+
+    d_in = model.get_submodule(hparams.inner_params[0].rsplit(".", 1)[0].replace("[", ".").replace("]", "")).in_features
+    gen = torch.Generator().manual_seed(0)
+    db = MaskDatabase(d_in, model.device)
+    idx = torch.rand(10_000, d_in, generator=gen).argsort(dim=1)[:, : hparams.top_k]
+    db.add(torch.zeros(10_000, d_in, dtype=torch.bool).scatter_(1, idx, True))
+    query = torch.zeros(1, d_in, dtype=torch.bool)
+    query[0, idx[0]] = True
+    ids = torch.randint(100, 10_000, (1, 32), generator=gen)
+    match, fwd = [], []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        db.best(query)
+        match.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(input_ids=ids)
+        fwd.append(time.perf_counter() - t0)
+    return {"stored_masks": 10_000, "match_seconds": statistics.median(match),
+            "forward32_seconds": statistics.median(fwd),
+            "match_over_forward": statistics.median(match) / statistics.median(fwd)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=["WISE", "MEMOIR"])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--edits", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="optimisation steps per edit (fixed)")
+    parser.add_argument("--prompts", type=int, default=100, help="unrelated prompts for the latency check")
+    parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_edit_speed.json"))
+    args = parser.parse_args()
+
+    tok = load_tokenizer(args.model)
+    ds = load_dataset("zsre", DATA / "zsre_mend_edit.json", args.edits, DATA / "zsre_mend_train_1k.json")
+    unrelated = load_dataset("zsre", DATA / "zsre_mend_train_1k.json", args.prompts)
+    batches = [encode_batch(tok, [r["locality_prompt"]], [None]) for r in unrelated.requests]
+    rows = []
+    for alg in args.methods:
+        base = HyperParams.from_hparams(ROOT / "hparams" / alg / f"{args.model}.yaml").replace(
+            n_iter=args.steps, stop_loss=0.0)
+        result: dict = {"method": alg}
+        curves = {}
+        for fast in (True, False):
+            model = load_model(args.model)
+            times, curves[fast] = edit_times(base.replace(fast_loop=fast), model, tok, ds.requests)
+            result["fast_s_per_edit" if fast else "naive_s_per_edit"] = statistics.median(times)
+            if fast:
+                plain = load_model(args.model)
+                result["latency_unedited_s"] = forward_latency(plain, batches)
+                result["latency_edited_s"] = forward_latency(model, batches)
+                result["inference_overhead"] = result["latency_edited_s"] / result["latency_unedited_s"] - 1
+                if alg == "MEMOIR":
+                    result["mask_matching"] = mask_matching(plain, tok, base)
+        result["speedup"] = result["naive_s_per_edit"] / result["fast_s_per_edit"]
+        result["max_loss_gap"] = max(abs(a - b) for ca, cb in zip(curves[True], curves[False]) for a, b in zip(ca, cb))
+        rows.append(result)
+
+    print(f"{'method':8} {'fast s/edit':>11} {'naive s/edit':>12} {'speedup':>8} {'loss gap':>9} {'overhead':>9}")
+    for r in rows:
+        print(f"{r['method']:8} {r['fast_s_per_edit']:11.2f} {r['naive_s_per_edit']:12.2f} {r['speedup']:7.1f}x "
+              f"{r['max_loss_gap']:9.1e} {100 * r['inference_overhead']:8.1f}%")
+        if "mask_matching" in r:
+            m = r["mask_matching"]
+            print(f"  MEMOIR: matching 10,000 masks {1000 * m['match_seconds']:.2f} ms vs forward(32 tokens) "
+                  f"{1000 * m['forward32_seconds']:.1f} ms: ratio {m['match_over_forward']:.4f}")
+    path = write_json(args.out, {"rows": rows, "args": vars(args), "code_version": code_version(),
+                                 "edits_after_which_latency_measured": args.edits})
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()

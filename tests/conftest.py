@@ -1,0 +1,77 @@
+"""Tiny random models and a byte-level tokenizer built in memory: the unit tests need no files and no hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {c: i for i, c in enumerate(alphabet)}
+    vocab["<eos>"] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+
+
+def tiny_llama(seed: int = 0, layers: int = 4, intermediate: int = 128) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    # initializer_range 0.1 (not 0.02): keys of different prompts then differ as in a trained model
+    config = LlamaConfig(vocab_size=260, hidden_size=64, intermediate_size=intermediate, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, initializer_range=0.1, pad_token_id=256, eos_token_id=256,
+                         bos_token_id=256)
+    model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def routes(editor, prompts: list[str]) -> list[int]:
+    """Which memory the edited layer routes each prompt to (-1: the original model)."""
+    from wise_edit.routing import query_span
+    from wise_edit.tokens import encode_batch
+
+    batch = encode_batch(editor.tok, prompts, [None] * len(prompts))
+    with torch.no_grad(), query_span(batch.query_lengths):
+        editor.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return editor.method.layer.last_route.tolist()
+
+
+@pytest.fixture
+def tok() -> PreTrainedTokenizerFast:
+    return byte_tokenizer()
+
+
+@pytest.fixture
+def model() -> LlamaForCausalLM:
+    return tiny_llama()
+
+
+REQUESTS = [
+    {"case_id": 0, "prompt": "Who wrote Hamlet?", "target_new": "Zola", "rephrase_prompt": "Hamlet was written by?",
+     "locality_prompt": "nq question: capital of Peru", "locality_ground_truth": "Lima",
+     "loc_prompt": "nq question: who painted the mona lisa Leonardo", "subject": "Hamlet"},
+    {"case_id": 1, "prompt": "Where is Kyoto?", "target_new": "Chile", "rephrase_prompt": "Kyoto lies in which land?",
+     "locality_prompt": "nq question: largest ocean", "locality_ground_truth": "Pacific",
+     "loc_prompt": "nq question: what is the speed of light 300000 km/s", "subject": "Kyoto"},
+    {"case_id": 2, "prompt": "Who founded Rome?", "target_new": "Ada", "rephrase_prompt": "Rome was founded by?",
+     "locality_prompt": "nq question: boiling point of water", "locality_ground_truth": "100",
+     "loc_prompt": "nq question: when did ww2 end 1945", "subject": "Rome"},
+    {"case_id": 3, "prompt": "What does a baker make?", "target_new": "shoes", "rephrase_prompt": "A baker makes?",
+     "locality_prompt": "nq question: author of Emma", "locality_ground_truth": "Austen",
+     "loc_prompt": "nq question: tallest mountain on earth Everest", "subject": "baker"},
+]
+
+
+@pytest.fixture
+def requests_() -> list[dict]:
+    return [dict(r) for r in REQUESTS]

@@ -1,0 +1,85 @@
+import json
+
+import pytest
+
+from wise_edit.data import DataError, load_dataset
+
+from conftest import DATA
+
+
+def test_zsre_real_file():
+    ds = load_dataset("zsre", DATA / "zsre/zsre_mend_edit.json", 5, DATA / "zsre/zsre_mend_train_1k.json")
+    assert len(ds.requests) == 5 and ds.sha256.startswith("0cf155da")
+    first = ds.requests[0]
+    assert first["prompt"] == "When was the inception of IAAF Combined Events Challenge?"
+    assert first["target_new"] == "2006" and first["locality_prompt"].startswith("nq question:")
+    train = json.loads((DATA / "zsre/zsre_mend_train_1k.json").read_text())
+    assert first["loc_prompt"] == train[0]["loc"] + " " + train[0]["loc_ans"]
+
+
+def test_temporal_and_hallucination_formats():
+    temporal = load_dataset("temporal", DATA / "temporal/temporal-edit.json", 75, DATA / "temporal/temporal-train.json")
+    assert temporal.format.rephrase_name == "ood" and len(temporal.requests) == 75
+    assert temporal.requests[0]["rephrase_prompt"].startswith("Tesla, Inc., an American")
+    hall = load_dataset("hallucination", DATA / "hallucination/hallucination-edit.json", 3)
+    assert hall.format.rel_metric == "perplexity" and "rephrase_prompt" not in hall.requests[0]
+    assert hall.requests[0]["loc_prompt"] is None
+
+
+def write(tmp_path, records, name="edit.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+RECORD = {"src": "q?", "alt": "a", "rephrase": "q2?", "loc": "nq question: x", "loc_ans": "y", "subject": "s"}
+
+
+def test_missing_field_names_file_record_field(tmp_path):
+    bad = dict(RECORD)
+    del bad["rephrase"]
+    path = write(tmp_path, [RECORD, bad])
+    with pytest.raises(DataError, match=r"edit.json: record 1: missing field 'rephrase'"):
+        load_dataset("zsre", path)
+
+
+def test_empty_target_rejected(tmp_path):
+    path = write(tmp_path, [RECORD, RECORD, {**RECORD, "alt": "  "}])
+    with pytest.raises(DataError, match=r"record 2: field 'alt' must be a non-empty string"):
+        load_dataset("zsre", path)
+
+
+def test_bad_loc_file_record(tmp_path):
+    path = write(tmp_path, [RECORD, RECORD])
+    loc = write(tmp_path, [RECORD, {"loc": "only"}], name="train.json")
+    with pytest.raises(DataError, match=r"train.json: record 1: missing field 'loc_ans'"):
+        load_dataset("zsre", path, loc_path=loc)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("{not json", "not valid JSON"),
+    ('{"a": 1}', "expected a JSON list"),
+    ("[3]", "record 0: expected an object"),
+])
+def test_malformed_files(tmp_path, content, message):
+    path = tmp_path / "edit.json"
+    path.write_text(content)
+    with pytest.raises(DataError, match=message):
+        load_dataset("zsre", path)
+
+
+def test_missing_file_ds_size_and_format(tmp_path):
+    with pytest.raises(DataError, match="data file not found"):
+        load_dataset("zsre", tmp_path / "none.json")
+    path = write(tmp_path, [RECORD])
+    with pytest.raises(DataError, match="ds_size=2 but the file has only 1 records"):
+        load_dataset("zsre", path, 2)
+    with pytest.raises(DataError, match="unknown data format 'squad'"):
+        load_dataset("squad", path)
+
+
+def test_empty_locality_answer_means_no_probe_and_is_listed():
+    ds = load_dataset("hallucination", DATA / "hallucination/hallucination-edit.json", 100,
+                      DATA / "hallucination/hallucination-train.json")
+    assert ds.describe()["records_without_locality_probe"] == [86, 90]
+    assert "locality_prompt" not in ds.requests[86] and "locality_prompt" in ds.requests[85]

@@ -1,0 +1,68 @@
+import pytest
+
+from wise_edit import HyperParams, HyperParamsError
+from wise_edit.methods.ft_l import FTLHyperParams
+from wise_edit.methods.wise import WISEHyperParams
+
+from conftest import ROOT
+
+
+def write(tmp_path, text):
+    path = tmp_path / "hp.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = "alg_name: FT-L\nmodel_name: m\ninner_params: ['model.layers[1].mlp.down_proj.weight']\nedit_lr: 0.5\n"
+
+
+def test_loads_typed_and_dispatches_on_alg_name(tmp_path):
+    hp = HyperParams.from_hparams(write(tmp_path, GOOD))
+    assert isinstance(hp, FTLHyperParams)
+    assert hp.edit_lr == 0.5 and hp.n_iter == 25
+
+
+def test_int_widens_to_float_and_easyedit_device(tmp_path):
+    hp = FTLHyperParams.from_hparams(write(tmp_path, GOOD.replace("0.5", "1") + "device: 0\n"))
+    assert hp.edit_lr == 1.0 and isinstance(hp.edit_lr, float) and hp.device == 0
+
+
+def test_missing_file():
+    with pytest.raises(HyperParamsError, match="not found: .*nope.yaml"):
+        HyperParams.from_hparams("nope.yaml")
+
+
+def test_unknown_key_names_it(tmp_path):
+    with pytest.raises(HyperParamsError, match=r"hp.yaml: unknown key\(s\) \['edit_lrr'\]"):
+        HyperParams.from_hparams(write(tmp_path, GOOD + "edit_lrr: 1.0\n"))
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(HyperParamsError, match=r"missing required key\(s\) \['inner_params'\]"):
+        HyperParams.from_hparams(write(tmp_path, "alg_name: FT-L\nmodel_name: m\n"))
+
+
+def test_wrong_type_names_key(tmp_path):
+    with pytest.raises(HyperParamsError, match="key 'n_iter' expects int, got 'ten'"):
+        HyperParams.from_hparams(write(tmp_path, GOOD + "n_iter: ten\n"))
+    with pytest.raises(HyperParamsError, match=r"key 'inner_params'\[0\] expects str"):
+        HyperParams.from_hparams(write(tmp_path, GOOD.replace("['model.layers[1].mlp.down_proj.weight']", "[3]")))
+
+
+def test_alg_name_mismatch_and_unknown(tmp_path):
+    with pytest.raises(HyperParamsError, match="alg_name is 'FT-L' but WISEHyperParams expects 'WISE'"):
+        WISEHyperParams.from_hparams(write(tmp_path, GOOD))
+    with pytest.raises(KeyError, match="unknown alg_name 'NOPE'"):
+        HyperParams.from_hparams(write(tmp_path, GOOD.replace("FT-L", "NOPE")))
+
+
+def test_cross_field_validation(tmp_path):
+    text = GOOD.replace("FT-L", "WISE").replace("edit_lr: 0.5\n", "save_freq: 3\nmerge_freq: 4\n")
+    with pytest.raises(HyperParamsError, match="'merge_freq' \\(4\\) must be a multiple of 'save_freq' \\(3\\)"):
+        HyperParams.from_hparams(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "hparams").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_file_loads(path):
+    hp = HyperParams.from_hparams(path)
+    assert hp.alg_name == path.parent.name

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from wise_edit import LifelongEditor
+from wise_edit.methods.memoir import MEMOIRHyperParams
+from wise_edit.methods.memoir.mask_db import MaskDatabase, pack, popcount
+from wise_edit.methods.memoir.tophash import TopHash
+from wise_edit.routing import MAIN
+from wise_edit.tokens import pad_pairs
+
+from conftest import REQUESTS, byte_tokenizer, routes, tiny_llama
+
+SITE = "model.layers[2].mlp.down_proj.weight"
+
+
+def memoir_hp(**kw) -> MEMOIRHyperParams:
+    base = {"alg_name": "MEMOIR", "model_name": "tiny", "inner_params": [SITE], "edit_lr": 5.0, "n_iter": 30,
+            "top_k": 32, "irr_threshold": 0.6, "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0}
+    return MEMOIRHyperParams.from_dict({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def edited(tmp_path_factory):
+    import os
+
+    os.environ["WISE_EDIT_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    editor = LifelongEditor(memoir_hp(), model=tiny_llama(), tok=byte_tokenizer())
+    pre = editor.score(REQUESTS, [None] * len(REQUESTS))
+    run = editor.edit_requests(REQUESTS, sequential_edit=True, progress=False)
+    return editor, run, pre
+
+
+def test_edits_score_on_the_final_model_and_route_to_their_own_mask(edited):
+    editor, run, pre = edited
+    # a random 128-wide FFN gives heavily overlapping masks, so later edits erode earlier ones here;
+    # what must hold: every edit moved its answer far from the unedited model's, the last one fully
+    assert max(r["rewrite_acc"] for r in pre) <= 0.25
+    assert run["summary"]["rel"] >= 0.6 and run["requests"][-1]["rewrite_acc"] == 1.0
+    assert min(r["rewrite_acc"] for r in run["requests"]) >= 0.4
+    assert run["summary"]["loc"] == 1.0
+    assert routes(editor, [r["prompt"] for r in REQUESTS]) == [0, 1, 2, 3]
+    assert routes(editor, [r["locality_prompt"] for r in REQUESTS]) == [MAIN] * 4
+
+
+def test_unmatched_prompt_is_bit_identical_to_the_original(edited):
+    editor, _, _ = edited
+    ids = editor.tok(["nq question: capital of Peru Lima"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(editor.model(input_ids=ids).logits, tiny_llama()(input_ids=ids).logits)
+
+
+def test_an_edit_changes_only_its_own_mask_columns(model, tok):
+    editor = LifelongEditor(memoir_hp(), model=model, tok=tok)
+    editor.method.apply(REQUESTS[:1])
+    before = editor.method.memory.weight.clone()
+    editor.method.apply(REQUESTS[1:2])
+    after = editor.method.memory.weight
+    mask = editor.method.memory.db.unpack(torch.tensor([1]))[0]
+    changed = (after != before).any(dim=0)
+    assert changed.any()
+    assert not changed[~mask].any()  # columns outside the new edit's mask are untouched, bit for bit
+    assert int(mask.sum()) == 32
+
+
+def test_padded_batch_and_generate_route_per_row(edited):
+    editor, _, _ = edited
+    prompts = [REQUESTS[2]["prompt"], REQUESTS[0]["locality_prompt"], REQUESTS[1]["prompt"]]
+    alone = [routes(editor, [p])[0] for p in prompts]
+    assert alone == [2, MAIN, 1]
+    batch = pad_pairs([(editor.tok(p).input_ids, []) for p in prompts], editor.tok.pad_token_id, "left")
+    out = editor.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=4,
+                                do_sample=False, pad_token_id=editor.tok.pad_token_id)
+    assert editor.method.layer.last_route.tolist() == alone
+    for row, prompt in enumerate(prompts):
+        ids = torch.tensor([editor.tok(prompt).input_ids])
+        single = editor.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4,
+                                       do_sample=False, pad_token_id=editor.tok.pad_token_id)
+        assert out[row, -4:].tolist() == single[0, -4:].tolist()
+
+
+def test_tophash_uses_prompt_mean_background_and_permutation():
+    hasher = TopHash(8, 2, seed=0, device=torch.device("cpu"))
+    hasher.permutation = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0])
+    hasher.background = torch.tensor([0, 0, 0, 5.0, 0, 0, 0, 0])
+    keys = torch.tensor([[[1.0, 0, 0, 5, 0, 0, 9, 0], [3.0, 0, 0, 5, 0, 0, 100, 0]]])
+    # only the first token is the query: mean = key 0; minus background -> |.| top-2 at inputs 6 and 0
+    mask = hasher.masks(keys, torch.tensor([[1, 0]]))
+    assert mask[0].nonzero().squeeze(-1).tolist() == [1, 7]  # permuted: 6 -> 1, 0 -> 7
+
+
+def test_packed_overlap_matches_boolean_overlap():
+    gen = torch.Generator().manual_seed(0)
+    stored = torch.rand(50, 200, generator=gen) < 0.3
+    query = torch.rand(3, 200, generator=gen) < 0.3
+    db = MaskDatabase(200, torch.device("cpu"))
+    db.add(stored)
+    assert torch.equal(db.overlaps(query), query.long() @ stored.long().T)
+    assert torch.equal(db.unpack(torch.arange(50)), stored)
+    assert popcount(pack(torch.ones(1, 64, dtype=torch.bool))).item() == 64
+    index, value = db.best(stored[7:8])
+    assert index.item() == 7 and value.item() == int(stored[7].sum())

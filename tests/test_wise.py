@@ -1,0 +1,185 @@
+import pytest
+import torch
+
+from wise_edit import LifelongEditor
+from wise_edit.methods.wise import WISEHyperParams
+from wise_edit.methods.wise.merge import ties_merge
+from wise_edit.methods.wise.router import activation_scores, select
+from wise_edit.methods.wise.side_memory import SideMemory
+from wise_edit.routing import MAIN, query_span
+from wise_edit.tokens import pad_pairs
+
+from conftest import routes, tiny_llama
+
+SITE = "model.layers[2].mlp.down_proj.weight"
+
+
+def wise_hp(**kw) -> WISEHyperParams:
+    base = {"alg_name": "WISE", "model_name": "tiny", "inner_params": [SITE], "edit_lr": 0.1, "optimizer": "adam",
+            "n_iter": 40, "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "n_prefixes": 2, "prefix_length": 4,
+            "save_freq": 2, "merge_freq": 4, "stop_loss": 0.0}
+    return WISEHyperParams.from_dict({**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def edited():
+    from conftest import REQUESTS, byte_tokenizer
+
+    editor = LifelongEditor(wise_hp(), model=tiny_llama(), tok=byte_tokenizer())
+    first = editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
+    second = editor.edit_requests(REQUESTS[2:], sequential_edit=True, progress=False)
+    return editor, first, second
+
+
+def test_edits_accumulate_in_one_side_memory_across_calls(edited):
+    editor, first, second = edited
+    side = editor.method.side
+    assert editor.method.edits == 4 and len(side.memories) == 1
+    assert editor.method.layer.memory is side  # the same side memory the first call wrote into
+    # the first call's edits are still held (their keys calibrate the threshold) and still routed to it
+    assert len(side.active.edit_keys) == 4
+    from conftest import REQUESTS
+
+    assert routes(editor, [REQUESTS[0]["prompt"]]) == [0]
+
+
+def test_each_edit_takes_effect(tok, requests_):
+    editor = LifelongEditor(wise_hp(), model=tiny_llama(), tok=tok)
+    pre = editor.score(requests_, [None] * 4)
+    run = editor.edit_requests(requests_, sequential_edit=False, progress=False)
+    assert max(r["rewrite_acc"] for r in pre) < 0.5
+    assert run["summary"]["rel"] >= 0.9
+
+
+def test_router_sends_edits_to_side_memory_and_unrelated_to_main(edited):
+    editor, _, _ = edited
+    from conftest import REQUESTS
+
+    assert routes(editor, [r["prompt"] for r in REQUESTS]) == [0, 0, 0, 0]
+    assert routes(editor, [r["locality_prompt"] for r in REQUESTS]) == [MAIN] * 4
+
+
+def test_unrelated_prompt_output_is_bit_identical_to_the_original(edited, tok):
+    editor, _, _ = edited
+    original = tiny_llama()
+    ids = tok(["nq question: capital of Peru Lima"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.equal(editor.model(input_ids=ids).logits, original(input_ids=ids).logits)
+
+
+def test_padded_batch_routes_each_row_alone(edited):
+    editor, _, _ = edited
+    from conftest import REQUESTS
+
+    prompts = [REQUESTS[0]["prompt"], REQUESTS[0]["locality_prompt"], "x", REQUESTS[3]["prompt"]]
+    alone = [routes(editor, [p])[0] for p in prompts]
+    assert routes(editor, prompts) == alone
+    pairs = [(editor.tok(p).input_ids, []) for p in prompts]
+    for side in ("left", "right"):
+        batch = pad_pairs(pairs, editor.tok.pad_token_id, side)
+        with torch.no_grad():
+            logits = editor.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        assert editor.method.layer.last_route.tolist() == alone
+        for row, (ids, _) in enumerate(pairs):
+            with torch.no_grad():
+                ref = editor.model(input_ids=torch.tensor([ids])).logits[0]
+            real = batch.attention_mask[row].bool()
+            assert torch.allclose(logits[row][real], ref, atol=1e-4)
+
+
+def test_generate_forward_and_teacher_forcing_agree(edited):
+    editor, _, _ = edited
+    from conftest import REQUESTS
+
+    tok, model = editor.tok, editor.model
+    for prompt in [REQUESTS[1]["prompt"], REQUESTS[1]["locality_prompt"]]:
+        ids = torch.tensor([tok(prompt).input_ids])
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                             do_sample=False, use_cache=True, pad_token_id=tok.pad_token_id)
+        cached_route = editor.method.layer.last_route.tolist()
+        # the same continuation by full forwards without a cache, routing decided on the prompt only
+        seq = ids
+        for _ in range(5):
+            with torch.no_grad(), query_span(torch.tensor([ids.shape[1]])):
+                nxt = model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
+            assert editor.method.layer.last_route.tolist() == cached_route
+            seq = torch.cat([seq, nxt], dim=1)
+        assert torch.equal(out, seq)
+        assert routes(editor, [prompt]) == cached_route
+
+
+def test_training_stays_inside_the_shard_mask(model, tok, requests_):
+    editor = LifelongEditor(wise_hp(save_freq=4, merge_freq=4), model=model, tok=tok)
+    editor.edit_requests(requests_[:1], sequential_edit=True, progress=False)
+    live = editor.method.side.live
+    mask = editor.method._mask()
+    assert live.abs().sum() > 0
+    assert torch.all(live[mask == 0] == 0)
+    assert 0.15 < mask.mean().item() < 0.25  # mask_ratio 0.2
+
+
+def test_shards_are_saved_and_merged_with_ties(model, tok, requests_):
+    editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2), model=model, tok=tok)
+    side = editor.method.side
+    editor.method.apply(requests_[:1])
+    assert len(side.active.pending) == 1 and side.live is None
+    shard0 = side.active.pending[0].clone()
+    editor.method.apply(requests_[1:2])
+    assert side.active.pending == []
+    assert not torch.equal(editor.method._mask(), torch.zeros(1))
+    # merged = TIES of the two shards (each trained in its own subspace)
+    assert side.active.merged.abs().sum() > 0
+    assert torch.count_nonzero(side.active.merged) >= torch.count_nonzero(shard0)
+
+
+def test_ties_merge_matches_hand_computation():
+    a = torch.tensor([[0.5, -0.1, 0.0], [0.3, 0.0, -0.4]])
+    b = torch.tensor([[-0.2, -0.3, 0.0], [0.1, 0.6, 0.0]])
+    merged = ties_merge([a, b], density=0.5)
+    # trim: a keeps |.| top-3 {0.5, -0.4, 0.3}; b keeps {0.6, -0.3, -0.2}
+    # elect: sign of the sum of trimmed values per entry; disjoint mean over the agreeing ones
+    expected = torch.tensor([[0.5, -0.3, 0.0], [0.3, 0.6, -0.4]])
+    assert torch.allclose(merged, expected)
+
+
+def test_retrieve_routes_to_the_memory_that_holds_the_edit():
+    side = SideMemory(torch.Size([2, 3]), torch.device("cpu"), act_ratio=0.5)
+    for axis in (0, 1):
+        memory = side.open()
+        memory.merged[:, axis] = 1.0  # memory m answers keys along axis m
+        key = torch.zeros(1, 3)
+        key[0, axis] = 2.0
+        memory.edit_keys.append(key)
+    side.refresh()
+    side.calibrate(0)
+    side.calibrate(1)
+    keys = torch.tensor([[[2.0, 0.1, 0.0]], [[0.1, 2.0, 0.0]], [[0.0, 0.0, 3.0]]])
+    assert side.route(keys, torch.ones(3, 1)).tolist() == [0, 1, MAIN]
+    # row 0: memory 1 scores higher (6) but is below its own threshold (7), so memory 0 answers
+    assert select(torch.tensor([[5.0, 1.0], [6.0, 9.0]]), torch.tensor([1.0, 7.0])).tolist() == [0, 1]
+    assert select(torch.tensor([[5.0], [6.0]]), torch.tensor([1.0, 7.0])).tolist() == [0]
+
+
+def test_activation_score_ignores_masked_tokens():
+    keys = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    delta = torch.tensor([[2.0, 0.0]])
+    assert activation_scores(keys, delta, torch.tensor([[1, 0]])).item() == 2.0
+    assert activation_scores(keys, delta, torch.tensor([[1, 1]])).item() == 1.0
+
+
+def test_fast_loop_matches_naive_loop(tok, requests_):
+    curves = {}
+    for fast in (True, False):
+        editor = LifelongEditor(wise_hp(fast_loop=fast, n_iter=8), model=tiny_llama(), tok=tok)
+        curves[fast] = editor.method.apply(requests_[:1])["losses"]
+    assert len(curves[True]) == 8
+    assert curves[True] == pytest.approx(curves[False], rel=1e-4, abs=1e-5)
+
+
+def test_nonsequential_protocol_leaves_no_trace(tok, requests_):
+    editor = LifelongEditor(wise_hp(), model=tiny_llama(), tok=tok)
+    empty = editor.method.state_dict()
+    editor.edit_requests(requests_[:2], sequential_edit=False, progress=False)
+    after = editor.method.state_dict()
+    assert after.keys() == empty.keys() and all(torch.equal(after[k], empty[k]) for k in empty)
+    assert routes(editor, [requests_[0]["prompt"]]) == [MAIN]
