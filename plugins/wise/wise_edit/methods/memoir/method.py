@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from ...routing import query_mask
-from ...training.batch import edit_batch, generate_prefixes
+from ...training.background import background_mean, background_texts
+from ...training.batch import edit_batch
 from ...training.loop import optimise
 from ..base import EditMethod
-from .background import background_mean
 from .config import MEMOIRHyperParams
 from .residual_memory import ResidualMemory
 
@@ -30,9 +30,8 @@ class MEMOIR(EditMethod):
         """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes)."""
         if self._calibrated:
             return
-        texts = [r["loc_prompt"] for r in requests if r.get("loc_prompt")][: self.hparams.n_background]
-        if not texts:
-            texts = generate_prefixes(self.model, self.tok, 20, self.hparams.prefix_length)
+        texts = background_texts(requests, self.hparams.n_background, self.model, self.tok,
+                                 self.hparams.prefix_length)
         self.memory.hash.background = background_mean(self.model, self.tok, self.site, self.layer.base.weight,
                                                       texts, self.hparams.max_length)
         self._calibrated = True

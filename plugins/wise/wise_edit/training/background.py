@@ -1,4 +1,6 @@
-"""The background activation TopHash subtracts: the mean key of irrelevant prompts, cached on disk.
+"""The background activation: the mean key of irrelevant prompts at the edited matrix, cached on disk.
+
+MEMOIR's TopHash subtracts it before picking a prompt's salient inputs.
 
 Computed once per (model weights, layer, prompt set): the cache key hashes the edited matrix itself, so two
 different models that share a name never share a background.
@@ -11,10 +13,10 @@ import hashlib
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ...models import cache_dir
-from ...routing import query_mask
-from ...sites import EditSite
-from ...tokens import encode_batch
+from ..models import cache_dir
+from ..routing import query_mask
+from ..sites import EditSite
+from ..tokens import encode_batch
 
 
 def _cache_key(site: EditSite, weight: torch.Tensor, prompts: list[str]) -> str:
@@ -50,3 +52,12 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(mean.cpu(), path)
     return mean
+
+
+def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
+                     prefix_length: int) -> list[str]:
+    """The stream's irrelevant ``loc_prompt`` texts (the first ``count``), or the model's own prefixes."""
+    from .batch import generate_prefixes
+
+    texts = [r["loc_prompt"] for r in requests if r.get("loc_prompt")][:count]
+    return texts or generate_prefixes(model, tok, 20, prefix_length)
