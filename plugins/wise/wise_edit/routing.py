@@ -72,20 +72,15 @@ class RoutedLinear(nn.Module):
         self.memory = memory
         self._state = _CallState()
         self._route: torch.Tensor | None = None
-        self._hook: torch.utils.hooks.RemovableHandle | None = None
 
     @property
     def weight(self) -> torch.Tensor:
+        """The original matrix, so code that reads ``<inner_params path>.weight`` keeps working."""
         return self.base.weight
 
     def watch(self, model: nn.Module) -> None:
         """Observe the model's calls to learn each call's padding and whether it starts a new sequence."""
-        self._hook = model.register_forward_pre_hook(self._observe_call, with_kwargs=True)
-
-    def unwatch(self) -> None:
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        model.register_forward_pre_hook(self._observe_call, with_kwargs=True)
 
     def _observe_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")

@@ -25,7 +25,6 @@ class EditSite:
     parent: nn.Module
     attr: str
     layers: nn.ModuleList
-    layers_path: str
     layer_index: int
 
     @property
@@ -71,6 +70,5 @@ def resolve_site(model: nn.Module, inner_param: str) -> EditSite:
         parent=model.get_submodule(".".join(parts[:-1])) if len(parts) > 1 else model,
         attr=parts[-1],
         layers=layers,
-        layers_path=".".join(parts[:k]),
         layer_index=int(parts[k]),
     )

@@ -24,10 +24,6 @@ class TokenBatch:
         return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.labels,
                                                    self.query_lengths)))
 
-    def rows(self, index: torch.Tensor) -> "TokenBatch":
-        return TokenBatch(self.input_ids[index], self.attention_mask[index], self.labels[index],
-                          self.query_lengths[index])
-
 
 def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str | None, max_length: int | None = None
                 ) -> tuple[list[int], list[int]]:
