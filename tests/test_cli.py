@@ -1,0 +1,48 @@
+"""The CLI contract on a tiny saved model: results.json fields and means that match the per-request values."""
+
+import importlib.util
+import json
+import statistics
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from conftest import DATA, ROOT, byte_tokenizer, tiny_llama
+
+spec = importlib.util.spec_from_file_location("run_lifelong_editing", ROOT / "scripts" / "run_lifelong_editing.py")
+cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(cli)
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    path = tmp_path / "tiny-model"
+    tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    hp = tmp_path / "ftl.yaml"
+    hp.write_text(f"alg_name: FT-L\nmodel_name: {path}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
+                  "edit_lr: 0.05\nn_iter: 10\n")
+    return hp
+
+
+def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=["alg_name=FT-L", "data=zsre", "ds_size=3", f"hparams_file={tiny_dir}",
+                                        "++hparams.n_iter=5", f"output_dir={out}", "progress=false",
+                                        f"data_root={DATA}"])
+    cli.run(cfg)
+    result = json.loads((out / "results.json").read_text())
+    assert result["config"]["hparams"]["n_iter"] == 5  # the override reached the method
+    assert result["data"]["ds_size"] == 3 and result["data"]["sha256"].startswith("0cf155da")
+    assert {"package", "torch", "transformers"} <= set(result["code_version"])
+    assert result["timing"]["seconds_per_edit"] > 0 and result["model"]["name"] == str(tiny_dir.parent / "tiny-model")
+    for name, key in [("rel", "rewrite_acc"), ("gen", "rephrase_acc"), ("loc", "locality"),
+                      ("gen_em", "generate_exact_match")]:
+        assert result["summary"][name] == pytest.approx(statistics.fmean(r[key] for r in result["requests"]))
+    assert "| FT-L | 3 |" in capsys.readouterr().out
+
+
+def test_hparams_overrides_become_add_or_set():
+    assert cli._allow_hparams_overrides(["alg_name=WISE", "hparams.edit_lr=0.5"]) == [
+        "alg_name=WISE", "++hparams.edit_lr=0.5"]
