@@ -17,6 +17,7 @@ from ..models import cache_dir
 from ..routing import query_mask
 from ..sites import EditSite
 from ..tokens import encode_batch
+from .batch import generate_prefixes
 
 
 def _cache_key(site: EditSite, weight: torch.Tensor, prompts: list[str]) -> str:
@@ -57,7 +58,5 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
 def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
                      prefix_length: int) -> list[str]:
     """The stream's irrelevant ``loc_prompt`` texts (the first ``count``), or the model's own prefixes."""
-    from .batch import generate_prefixes
-
     texts = [r["loc_prompt"] for r in requests if r.get("loc_prompt")][:count]
     return texts or generate_prefixes(model, tok, 20, prefix_length)

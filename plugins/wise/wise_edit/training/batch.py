@@ -55,3 +55,8 @@ def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], pre
             pairs.append((ids, []))
             irrelevant.append(True)
     return pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(irrelevant)
+
+
+def plain_rows(n_requests: int, n_prefixes: int, device: torch.device) -> torch.Tensor:
+    """Indices of each request's unprefixed row in an :func:`edit_batch` batch."""
+    return torch.arange(n_requests, device=device) * (1 + n_prefixes)

@@ -37,11 +37,9 @@ class MaskDatabase:
     def __len__(self) -> int:
         return self.words.shape[0]
 
-    def add(self, masks: torch.Tensor) -> torch.Tensor:
-        """Store (N, d) bool masks; returns their indices."""
-        start = len(self)
+    def add(self, masks: torch.Tensor) -> None:
+        """Store (N, d) bool masks (they get the next indices)."""
         self.words = torch.cat([self.words, pack(masks)])
-        return torch.arange(start, len(self), device=self.words.device)
 
     def overlaps(self, masks: torch.Tensor) -> torch.Tensor:
         """(B, N) number of shared set bits between each query mask and each stored mask."""

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ...routing import query_mask
 from ...training.background import background_mean, background_texts
-from ...training.batch import edit_batch
+from ...training.batch import edit_batch, plain_rows
 from ...training.loop import optimise
 from ..base import EditMethod
 from .config import MEMOIRHyperParams
@@ -38,13 +38,12 @@ class MEMOIR(EditMethod):
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
-        if not self._calibrated:
-            self.prepare(requests)
+        self.prepare(requests)
         batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
         runner = self.runner(batch)
         weight = self.layer.base.weight
         rows_per_request = 1 + len(self.prefixes)
-        plain = torch.arange(len(requests), device=weight.device) * rows_per_request
+        plain = plain_rows(len(requests), len(self.prefixes), weight.device)
         prompt_tokens = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
         masks = self.memory.hash.masks(runner.keys[plain], prompt_tokens[plain])  # (R, d_in)
         row_masks = masks.repeat_interleave(rows_per_request, dim=0).to(weight.dtype)  # same mask for all rows

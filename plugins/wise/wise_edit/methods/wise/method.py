@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ...routing import query_mask
-from ...training.batch import edit_batch
+from ...training.batch import edit_batch, plain_rows
 from ...training.loop import optimise
 from ..base import EditMethod
 from .config import WISEHyperParams
@@ -69,12 +69,10 @@ class WISE(EditMethod):
         def constrain() -> None:
             live.mul_(mask).clamp_(-hp.norm_constraint, hp.norm_constraint)
 
-        losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=hp.grad_clip,
-                          stop_loss=hp.stop_loss,
-                          after_step=constrain)
+        losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer,
+                          grad_clip=hp.grad_clip, stop_loss=hp.stop_loss, after_step=constrain)
         side.live = live.detach()
-        first_rows = torch.arange(len(requests), device=weight.device) * (1 + len(self.prefixes))
-        for row in first_rows.tolist():
+        for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
             n = int(runner.batch.query_lengths[row])
             memory.edit_keys.append(runner.keys[row, :n].detach().clone())
         self.edits += len(requests)
@@ -84,7 +82,11 @@ class WISE(EditMethod):
         return {"losses": losses}
 
     def _close_shards(self) -> None:
-        """At a shard boundary store the live shard; at a merge boundary merge the stored shards."""
+        """At a shard boundary store the live shard; at a merge boundary merge the stored shards.
+
+        The caller refreshes and calibrates the active memory afterwards; only a memory that retrieve mode
+        closes is calibrated here, before the new one opens.
+        """
         hp, side = self.hparams, self.side
         if self.edits % hp.save_freq or side.live is None:
             return
@@ -95,9 +97,9 @@ class WISE(EditMethod):
         memory = side.active
         memory.merged = memory.merged + ties_merge(memory.pending, hp.densities)
         memory.pending = []
-        side.refresh()
-        side.calibrate(len(side.memories) - 1)
         if hp.retrieve:
+            side.refresh()
+            side.calibrate(len(side.memories) - 1)
             side.open()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
