@@ -30,6 +30,7 @@ def run(cfg: DictConfig) -> dict:
     from wise_edit import HyperParams, LifelongEditor
     from wise_edit.data import load_dataset
     from wise_edit.models import resolve_model_path
+    from wise_edit.persistence import save_edits
     from wise_edit.results import code_version, markdown_table, write_json
 
     start = time.perf_counter()
@@ -41,13 +42,17 @@ def run(cfg: DictConfig) -> dict:
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
     dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path)
-    editor = LifelongEditor.from_hparams(hparams)
-    run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
-                                   rel_metric=dataset.format.rel_metric, rephrase_name=dataset.format.rephrase_name,
-                                   eval_generation=cfg.eval_generation, progress=cfg.progress)
-    run_out["timing"]["wall_seconds"] = time.perf_counter() - start
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
         cfg.output_dir)
+    editor = LifelongEditor.from_hparams(hparams)
+    checkpoint = output_dir / "checkpoint" if cfg.checkpoint_every and cfg.sequential_edit else None
+    run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
+                                   rel_metric=dataset.format.rel_metric, rephrase_name=dataset.format.rephrase_name,
+                                   eval_generation=cfg.eval_generation, progress=cfg.progress,
+                                   checkpoint_dir=checkpoint, checkpoint_every=cfg.checkpoint_every)
+    run_out["timing"]["wall_seconds"] = time.perf_counter() - start
+    if cfg.save_edits and cfg.sequential_edit:
+        save_edits(editor, output_dir / "edits")
     payload = {
         "summary": run_out["summary"],
         "alg_name": hparams.alg_name,

@@ -46,3 +46,29 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
 def test_hparams_overrides_become_add_or_set():
     assert cli._allow_hparams_overrides(["alg_name=WISE", "hparams.edit_lr=0.5"]) == [
         "alg_name=WISE", "++hparams.edit_lr=0.5"]
+
+
+def test_multirun_writes_a_comparison_that_the_result_files_alone_regenerate(tiny_dir, tmp_path):
+    import subprocess
+    import sys
+
+    grace = tmp_path / "GRACE.yaml"
+    grace.write_text(tiny_dir.read_text().replace("alg_name: FT-L", "alg_name: GRACE").replace("edit_lr: 0.05",
+                                                                                                "edit_lr: 0.5"))
+    tiny_dir.rename(tmp_path / "FT-L.yaml")
+    out = tmp_path / "compare"
+    cmd = [sys.executable, str(ROOT / "scripts" / "run_lifelong_editing.py"), "-m", "alg_name=FT-L,GRACE",
+           "ds_size=2,3", f"hparams_file={tmp_path}/${{alg_name}}.yaml", "++hparams.n_iter=3",
+           f"output_dir={out}", "progress=false", "eval_generation=false", f"data_root={DATA}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list(out.rglob("results.json"))) == 4
+    table = (out / "comparison.md").read_text()
+    for method in ("FT-L", "GRACE"):
+        for t in (2, 3):
+            assert f"| {method} | {t} | seq | zsre |" in table
+    assert (out / "comparison.png").stat().st_size > 10_000
+    (out / "comparison.md").unlink()
+    again = subprocess.run([sys.executable, "-m", "wise_edit.report", str(out)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert (out / "comparison.md").read_text() == table

@@ -5,8 +5,10 @@ It knows no method by name: ``alg_name`` is looked up in :mod:`wise_edit.registr
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -16,7 +18,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .hparams import HyperParams
 from .metrics import generation_exact_match, locality, score_answers
 from .models import load_model, load_tokenizer
+from .persistence import META_FILE, EditStateError, fingerprint, restore, save_edits
 from .registry import get_method
+
+log = logging.getLogger(__name__)
 
 
 class LifelongEditor:
@@ -28,7 +33,11 @@ class LifelongEditor:
         self.hparams = hparams
         self.model = model if model is not None else load_model(hparams.model_name, hparams.device)
         self.tok = tok if tok is not None else load_tokenizer(hparams.model_name)
+        #: the edited matrices as they were before any edit: saved edits can only be loaded onto this base
+        self.base_fingerprint = fingerprint(self.model, hparams.inner_params)
         self.method = get_method(hparams.alg_name).method_cls(self.model, self.tok, hparams)
+        #: the requests applied so far (sequentially), in order
+        self.edit_log: list[dict[str, Any]] = []
 
     @classmethod
     def from_hparams(cls, hparams: HyperParams) -> "LifelongEditor":
@@ -48,24 +57,43 @@ class LifelongEditor:
 
     def edit_requests(self, requests: list[dict[str, Any]], sequential_edit: bool = True,
                       rel_metric: str = "accuracy", rephrase_name: str = "gen", eval_generation: bool = False,
-                      progress: bool = True) -> dict[str, Any]:
-        """Apply ``requests`` (in order) and score them; see SPEC §4 for the two protocols."""
+                      progress: bool = True, checkpoint_dir: str | Path | None = None,
+                      checkpoint_every: int = 0) -> dict[str, Any]:
+        """Apply ``requests`` (in order) and score them; see SPEC §4 for the two protocols.
+
+        With ``checkpoint_dir`` (sequential only) the edit state is saved there every ``checkpoint_every``
+        edits, and a stream that finds a checkpoint of its own first edits resumes after them.
+        """
         start = time.perf_counter()
         has_loc = [bool(r.get("locality_prompt")) for r in requests]
         loc_before = self._locality_tokens([r for r, h in zip(requests, has_loc) if h])
         before_iter = iter(loc_before)
         loc_before_all = [next(before_iter) if h else None for h in has_loc]
         self.method.prepare(requests)
-        edit_seconds, losses = 0.0, []
+        edit_seconds, losses, done = 0.0, [], 0
+        if checkpoint_dir is not None:
+            if not sequential_edit:
+                raise ValueError("checkpoints resume a sequential edit stream; sequential_edit is False")
+            edit_seconds, losses, done = self._resume(Path(checkpoint_dir), requests)
         batch_size = self.hparams.batch_size
-        bar = tqdm(total=len(requests), desc=f"{self.hparams.alg_name} edits", unit="edit", disable=not progress)
+        bar = tqdm(total=len(requests), initial=done, desc=f"{self.hparams.alg_name} edits", unit="edit",
+                   disable=not progress)
         if sequential_edit:
-            for i in range(0, len(requests), batch_size):
+            saved = done
+            for i in range(done, len(requests), batch_size):
+                chunk = requests[i:i + batch_size]
                 t0 = time.perf_counter()
-                stats = self.method.apply(requests[i:i + batch_size])
+                stats = self.method.apply(chunk)
                 edit_seconds += time.perf_counter() - t0
                 losses.append(stats.get("losses", []))
-                bar.update(len(requests[i:i + batch_size]))
+                self.edit_log += [_log_entry(r) for r in chunk]
+                bar.update(len(chunk))
+                finished = i + len(chunk)
+                if checkpoint_dir is not None and checkpoint_every and (
+                        finished - saved >= checkpoint_every or finished == len(requests)):
+                    save_edits(self, checkpoint_dir, extra={"losses": losses, "edit_seconds": edit_seconds,
+                                                            "rng_state": torch.get_rng_state().tolist()})
+                    saved = finished
             results = self.score(requests, loc_before_all, rel_metric, eval_generation)
         else:
             snapshot = self.method.state_dict()
@@ -91,6 +119,21 @@ class LifelongEditor:
                        "seconds_per_edit": edit_seconds / len(requests),
                        "eval_seconds": total - edit_seconds},
         }
+
+    def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[float, list, int]:
+        """Load a checkpoint of this stream's first edits, if there is one: (edit seconds, losses, edits done)."""
+        if not (directory / META_FILE).exists():
+            return 0.0, [], 0
+        if self.edit_log:
+            raise EditStateError(f"cannot resume from {directory}: this editor has already applied edits")
+        meta = restore(self, directory)
+        done = len(meta["edit_log"])
+        if meta["edit_log"] != [_log_entry(r) for r in requests[:done]]:
+            raise EditStateError(f"the checkpoint in {directory} was made for a different request stream "
+                                 "(its edit log does not match the first requests); use another output directory")
+        torch.set_rng_state(torch.tensor(meta["rng_state"], dtype=torch.uint8))
+        log.warning("resuming after %d edits from the checkpoint in %s", done, directory)
+        return float(meta["edit_seconds"]), list(meta["losses"]), done
 
     def _locality_tokens(self, requests: list[dict[str, Any]]) -> list[torch.Tensor]:
         if not requests:
@@ -127,6 +170,10 @@ class LifelongEditor:
                                                                max_length=max_length)):
                 res["generate_exact_match"] = em
         return results
+
+
+def _log_entry(request: dict[str, Any]) -> dict[str, Any]:
+    return {"case_id": request.get("case_id"), "prompt": request["prompt"], "target_new": request["target_new"]}
 
 
 def _expand(losses: list[list[float]], batch_size: int, total: int) -> list[list[float]]:

@@ -77,6 +77,11 @@ class SiteRunner:
         return seen["keys"]
 
     @property
+    def logit_rows(self) -> torch.Tensor:
+        """(N,) the batch row of each row of :meth:`logits` (to weigh or split the label positions by row)."""
+        return self._rows
+
+    @property
     def keys(self) -> torch.Tensor:
         """(B, S, d_in) input of the edited matrix for every row of the batch."""
         return self._keys

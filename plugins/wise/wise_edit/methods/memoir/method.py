@@ -66,3 +66,4 @@ class MEMOIR(EditMethod):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.memory.load_state_dict(state)
+        self._calibrated = True  # the background mean is part of the state

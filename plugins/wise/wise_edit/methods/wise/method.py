@@ -75,24 +75,26 @@ class WISE(EditMethod):
         for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
             n = int(runner.batch.query_lengths[row])
             memory.edit_keys.append(runner.keys[row, :n].detach().clone())
-        self.edits += len(requests)
-        self._close_shards()
+        before, self.edits = self.edits, self.edits + len(requests)
+        self._close_shards(before)
         side.refresh()
         side.calibrate(len(side.memories) - 1)
         return {"losses": losses}
 
-    def _close_shards(self) -> None:
+    def _close_shards(self, before: int) -> None:
         """At a shard boundary store the live shard; at a merge boundary merge the stored shards.
+
+        A boundary counts once the edit counter passes it (a batch of edits may step over it).
 
         The caller refreshes and calibrates the active memory afterwards; only a memory that retrieve mode
         closes is calibrated here, before the new one opens.
         """
         hp, side = self.hparams, self.side
-        if self.edits % hp.save_freq or side.live is None:
+        if self.edits // hp.save_freq == before // hp.save_freq or side.live is None:
             return
         side.active.pending.append(side.live)
         side.live = None
-        if self.edits % hp.merge_freq:
+        if self.edits // hp.merge_freq == before // hp.merge_freq:
             return
         memory = side.active
         memory.merged = memory.merged + ties_merge(memory.pending, hp.densities)

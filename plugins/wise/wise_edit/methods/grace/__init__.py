@@ -1,0 +1,4 @@
+from .config import GRACEHyperParams
+from .method import GRACE
+
+__all__ = ["GRACEHyperParams", "GRACE"]

@@ -1,0 +1,4 @@
+from .config import MEMITHyperParams
+from .method import MEMIT
+
+__all__ = ["MEMITHyperParams", "MEMIT"]

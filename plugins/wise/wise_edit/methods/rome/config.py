@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...hparams import HyperParamsError, TrainedEditHyperParams
+
+
+@dataclass
+class ROMEHyperParams(TrainedEditHyperParams):
+    """ROME: a rank-one closed-form update of one MLP output matrix at the subject's last token.
+
+    ``edit_lr``/``n_iter`` are the value optimisation's (EasyEdit's ``v_lr``/``v_num_grad_steps``).
+    """
+
+    edit_lr: float = 0.5
+    optimizer: str = "adam"
+    n_iter: int = 25
+    stop_loss: float = 0.05
+    #: weight of the KL term on "{subject} is a" (keeps the subject's other facts)
+    kl_factor: float = 0.0625
+    kl_template: str = "{} is a"
+    v_weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    #: local text corpus for the key second moment C (relative paths: from the working directory)
+    mom2_dataset: str = "../shared/data/wikitext/wiki.test.raw"
+    mom2_n_tokens: int = 100_000
+    mom2_seq_length: int = 128
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        self._check_sites(source)
+        if "{}" not in self.kl_template:
+            raise HyperParamsError(f"{source}: key 'kl_template' must contain '{{}}' for the subject")
+        if self.mom2_n_tokens < 1 or self.mom2_seq_length < 1:
+            raise HyperParamsError(f"{source}: keys 'mom2_n_tokens' and 'mom2_seq_length' must be >= 1")
+
+    def _check_sites(self, source: str) -> None:
+        if len(self.inner_params) != 1:
+            raise HyperParamsError(f"{source}: ROME edits one matrix, inner_params has {len(self.inner_params)}")
+
+    @property
+    def corpus(self) -> Path:
+        return Path(self.mom2_dataset).expanduser()

@@ -1,0 +1,107 @@
+"""Saving an editor's edits next to an unchanged base model, and loading them onto a fresh copy of it.
+
+A saved directory holds ``edits.safetensors`` (everything the method changed: memories, shard deltas,
+thresholds, masks, permutation, codebooks, edited matrices) and ``edits.json`` (hyperparameters, the edit log,
+a fingerprint of the base matrices, code version). The frozen base weights are not copied: loading needs the
+same base model, and a different one (other weights or layer shapes) is refused with the reason.
+The same files are the checkpoints of a resumable edit stream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .hparams import HyperParams
+from .results import code_version
+from .sites import resolve_site
+
+if TYPE_CHECKING:
+    from .editor import LifelongEditor
+
+STATE_FILE, META_FILE = "edits.safetensors", "edits.json"
+
+
+class EditStateError(ValueError):
+    """Saved edits do not fit this base model, or the directory is not a saved edit state."""
+
+
+def fingerprint(model: PreTrainedModel, inner_params: list[str]) -> dict[str, dict[str, Any]]:
+    """Shape and content hash of each configured matrix (taken before editing: the base the edits need)."""
+    prints = {}
+    for path in inner_params:
+        weight = resolve_site(model, path).linear.weight.detach()
+        prints[path] = {"shape": list(weight.shape),
+                        "sha256": hashlib.sha256(weight.cpu().contiguous().numpy().tobytes()).hexdigest()}
+    return prints
+
+
+def save_edits(editor: "LifelongEditor", directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the editor's state to ``directory`` (replaced atomically, so a kill never leaves half a state)."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in editor.method.state_dict().items()}
+    save_file(state, str(tmp / STATE_FILE))
+    meta = {"alg_name": editor.hparams.alg_name, "hparams": editor.hparams.to_dict(),
+            "base_fingerprint": editor.base_fingerprint, "edit_log": editor.edit_log,
+            "code_version": code_version(), **(extra or {})}
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(directory)
+    return directory
+
+
+def read_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file() or not (Path(directory) / STATE_FILE).is_file():
+        raise EditStateError(f"{directory} is not a saved edit state (needs {META_FILE} and {STATE_FILE})")
+    return json.loads(path.read_text())
+
+
+def restore(editor: "LifelongEditor", directory: str | Path) -> dict[str, Any]:
+    """Put the state saved in ``directory`` into ``editor`` (whose model must be the unedited base)."""
+    meta = read_meta(directory)
+    if meta["alg_name"] != editor.hparams.alg_name:
+        raise EditStateError(f"{directory} holds {meta['alg_name']} edits, this editor runs {editor.hparams.alg_name}")
+    for path, saved in meta["base_fingerprint"].items():
+        here = editor.base_fingerprint.get(path)
+        if here is None:
+            raise EditStateError(f"{directory}: edits were made at {path!r}, this editor edits "
+                                 f"{sorted(editor.base_fingerprint)}")
+        if here["shape"] != saved["shape"]:
+            raise EditStateError(f"{directory}: {path} had shape {saved['shape']} when saved, this model's is "
+                                 f"{here['shape']}: a different base model")
+        if here["sha256"] != saved["sha256"]:
+            raise EditStateError(f"{directory}: {path} differs from the base the edits were made on "
+                                 "(a different or already edited model)")
+    device = editor.model.device
+    editor.method.load_state_dict({k: v.to(device) for k, v in load_file(str(Path(directory) / STATE_FILE)).items()})
+    editor.edit_log = list(meta["edit_log"])
+    return meta
+
+
+def load_edits(directory: str | Path, model: PreTrainedModel | None = None,
+               tok: PreTrainedTokenizerBase | None = None) -> "LifelongEditor":
+    """An editor over a fresh base model (loaded from the saved ``model_name`` unless given) with the edits."""
+    from .editor import LifelongEditor
+
+    meta = read_meta(directory)
+    hparams = HyperParams.from_dict(meta["hparams"], source=str(Path(directory) / META_FILE))
+    editor = LifelongEditor(hparams, model=model, tok=tok)
+    restore(editor, directory)
+    return editor

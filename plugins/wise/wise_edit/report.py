@@ -1,0 +1,95 @@
+"""Comparison of methods across stream lengths, rebuilt from result files alone.
+
+``python -m wise_edit.report outputs/compare`` (or the Hydra multirun callback) reads every ``results.json``
+under a directory and writes ``comparison.md`` (Rel/Gen/Loc/Avg per method and T) and ``comparison.png``
+(each metric against T, one line per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from .results import markdown_table
+
+PLOTTED = ("rel", "gen", "loc", "avg")
+
+
+def collect(root: str | Path) -> list[dict[str, Any]]:
+    """One row per result file under ``root``: method, T, protocol, metrics, seconds per edit, source path."""
+    rows = []
+    for path in sorted(Path(root).rglob("results.json")):
+        payload = json.loads(path.read_text())
+        run = payload["config"]["run"]
+        protocol = "seq" if payload.get("sequential_edit", run.get("sequential_edit")) else "T=1"
+        rows.append({"method": payload["alg_name"], "T": int(run["ds_size"]), "protocol": protocol,
+                     "data": run.get("data", {}).get("name", ""), **payload["summary"],
+                     "s/edit": payload["timing"]["seconds_per_edit"], "source": str(path.relative_to(root))})
+    if not rows:
+        raise FileNotFoundError(f"no results.json under {root}")
+    return sorted(rows, key=lambda r: (r["data"], r["protocol"], r["method"], r["T"]))
+
+
+def write_report(root: str | Path) -> tuple[Path, Path]:
+    """Write ``comparison.md`` and ``comparison.png`` into ``root``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    root = Path(root)
+    rows = collect(root)
+    table = markdown_table(rows, keys=("method", "T", "protocol", "data"))
+    seconds = "\n".join(f"- {r['method']} T={r['T']} ({r['protocol']}): {r['s/edit']:.2f} s/edit, `{r['source']}`"
+                        for r in rows)
+    markdown = root / "comparison.md"
+    markdown.write_text(f"{table}\n\nSeconds per edit and source of each row:\n\n{seconds}\n")
+    metrics = [m for m in PLOTTED if any(m in r for r in rows)]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for method in sorted({r["method"] for r in rows}):
+            points = sorted((r["T"], r[metric]) for r in rows if r["method"] == method and metric in r)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_xlabel("T (edits)")
+        ax.set_title(metric.capitalize())
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    plot = root / "comparison.png"
+    fig.savefig(plot, dpi=120)
+    plt.close(fig)
+    return markdown, plot
+
+
+try:
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover - hydra is a dependency; the report also works without it
+    Callback = object  # type: ignore[assignment,misc]
+
+
+class ComparisonCallback(Callback):  # type: ignore[misc]
+    """Hydra callback: after a multirun, write the comparison of every run in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        markdown, plot = write_report(config.hydra.sweep.dir)
+        print(markdown.read_text())
+        print(f"comparison: {markdown} {plot}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="directory holding result files (searched recursively)")
+    markdown, plot = write_report(parser.parse_args().root)
+    print(markdown.read_text())
+    print(f"wrote {markdown} and {plot}")
+
+
+if __name__ == "__main__":
+    main()

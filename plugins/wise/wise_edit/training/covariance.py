@@ -1,0 +1,91 @@
+"""The second moment C = E[k kᵀ] of the keys entering an edited matrix, from a local text corpus.
+
+ROME and MEMIT spread their update along C⁻¹k so that keys seen in ordinary text are disturbed least.
+C depends only on the unedited model below the matrix, the corpus and the token budget, so it is computed
+once and cached on disk; the cache key hashes the input embeddings (never edited) rather than the edited
+matrix, so a resumed or continued edit stream finds the statistics of the original model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..models import cache_dir
+from ..sites import EditSite
+
+
+class _Enough(Exception):
+    """Raised by a hook once the deepest site has seen the batch: the layers above need not run."""
+
+
+def corpus_token_stream(tok: PreTrainedTokenizerBase, corpus: Path, n_tokens: int) -> list[int]:
+    """The first ``n_tokens`` tokens of the corpus' non-empty, non-heading lines."""
+    ids: list[int] = []
+    with corpus.open(encoding="utf-8") as handle:
+        for line in handle:
+            text = line.strip()
+            if not text or (text.startswith("=") and text.endswith("=")):
+                continue
+            ids += tok(" " + text, add_special_tokens=False)["input_ids"]
+            if len(ids) >= n_tokens:
+                break
+    if len(ids) < n_tokens:
+        raise ValueError(f"{corpus} has {len(ids)} tokens, fewer than the {n_tokens} asked for (mom2_n_tokens)")
+    return ids[:n_tokens]
+
+
+def _cache_key(model: PreTrainedModel, site: EditSite, corpus: Path, n_tokens: int, seq_length: int) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    digest.update(model.get_input_embeddings().weight.detach().cpu().contiguous().numpy().tobytes())
+    digest.update(f"{site.module_path}|{n_tokens}|{seq_length}".encode())
+    digest.update(hashlib.sha256(corpus.read_bytes()).digest())
+    return digest.hexdigest()[:24]
+
+
+@torch.no_grad()
+def key_second_moment(model: PreTrainedModel, tok: PreTrainedTokenizerBase, sites: list[EditSite], corpus: Path,
+                      n_tokens: int, seq_length: int = 128, batch_size: int = 8,
+                      progress: bool = True) -> list[torch.Tensor]:
+    """E[k kᵀ] over ``n_tokens`` corpus tokens for each site's input, (d_in, d_in) each, cached on disk."""
+    if not corpus.is_file():
+        raise FileNotFoundError(f"key-statistics corpus not found: {corpus} (hparams key 'mom2_dataset')")
+    paths = [cache_dir() / "mom2" / f"{_cache_key(model, s, corpus, n_tokens, seq_length)}.pt" for s in sites]
+    if all(p.exists() for p in paths):
+        return [torch.load(p, map_location=model.device) for p in paths]
+    ids = torch.tensor(corpus_token_stream(tok, corpus, n_tokens))
+    rows = ids[: len(ids) // seq_length * seq_length].view(-1, seq_length)
+    sums = [torch.zeros(s.linear.weight.shape[1], s.linear.weight.shape[1], dtype=torch.float64,
+                        device=model.device) for s in sites]
+    deepest = max(range(len(sites)), key=lambda i: sites[i].layer_index)
+
+    def accumulate(i: int):
+        def hook(module, args, out):
+            keys = args[0].reshape(-1, args[0].shape[-1]).double()
+            sums[i].add_(keys.T @ keys)
+            if i == deepest:
+                raise _Enough
+        return hook
+
+    hooks = [s.linear.register_forward_hook(accumulate(i)) for i, s in enumerate(sites)]
+    try:
+        for start in tqdm(range(0, rows.shape[0], batch_size), desc="key statistics", unit="batch",
+                          disable=not progress):
+            try:
+                model.get_decoder()(input_ids=rows[start:start + batch_size].to(model.device), use_cache=False)
+            except _Enough:
+                pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    moments = [(s / rows.numel()).float() for s in sums]
+    for path, moment in zip(paths, moments):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(moment.cpu(), path)
+    return moments

@@ -1,0 +1,71 @@
+"""Training rows located by their subject: where ROME and MEMIT read keys and write values.
+
+For each request: the prompt (with its target as labels) plain and behind every context prefix, each with the
+position of the subject's last token; then one "{subject} is a" row whose next-token distribution must not
+move (the KL term that keeps the subject's other facts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from ..tokens import TokenBatch, pad_pairs
+
+
+@dataclass
+class SubjectBatch:
+    batch: TokenBatch
+    positions: torch.Tensor  # (B,) the subject's last token in each row
+    request: torch.Tensor  # (B,) which request each row belongs to
+    is_kl: torch.Tensor  # (B,) bool: the "{subject} is a" rows
+
+    @property
+    def plain_rows(self) -> torch.Tensor:
+        """Index of each request's unprefixed prompt row (the first row of each request)."""
+        first = torch.ones_like(self.request, dtype=torch.bool)
+        first[1:] = self.request[1:] != self.request[:-1]
+        return (first & ~self.is_kl).nonzero().squeeze(-1)
+
+
+def _subject_end(tok: PreTrainedTokenizerBase, text: str, subject: str, where: str) -> int:
+    """Number of tokens of ``text`` up to and including the subject's last occurrence."""
+    at = text.rfind(subject)
+    if at < 0:
+        raise ValueError(f"{where}: subject {subject!r} does not occur in {text!r}")
+    return len(tok(text[: at + len(subject)], add_special_tokens=True)["input_ids"])
+
+
+def subject_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
+                  max_length: int, kl_template: str = "{} is a") -> SubjectBatch:
+    pairs, positions, owner, is_kl = [], [], [], []
+    for index, request in enumerate(requests):
+        where = f"request {request.get('case_id', index)}"
+        subject = request.get("subject")
+        if not subject:
+            raise ValueError(f"{where}: this method needs the field 'subject'")
+        for prefix in ["", *prefixes]:
+            text = prefix + request["prompt"]
+            prompt_ids = tok(text, add_special_tokens=True)["input_ids"]
+            target_ids = tok(" " + request["target_new"], add_special_tokens=False)["input_ids"]
+            cut = max(len(prompt_ids) + len(target_ids) - max_length, 0)
+            end = _subject_end(tok, text, subject, where) - cut
+            if end < 1:
+                raise ValueError(f"{where}: the subject falls outside max_length={max_length} tokens")
+            pairs.append((prompt_ids[cut:], target_ids))
+            positions.append(end - 1)
+            owner.append(index)
+            is_kl.append(False)
+    for index, request in enumerate(requests):
+        text = kl_template.format(request["subject"])
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+        # one placeholder label after the text, so the runner computes the logits of its last position
+        pairs.append((ids, [tok.eos_token_id]))
+        positions.append(_subject_end(tok, text, request["subject"], f"request {request.get('case_id', index)}") - 1)
+        owner.append(index)
+        is_kl.append(True)
+    return SubjectBatch(pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(positions),
+                        torch.tensor(owner), torch.tensor(is_kl))

@@ -1,0 +1,83 @@
+#!/usr/bin/env python
+"""Edit the bundled model, save the edits, and talk to the edited model from another process.
+
+    python scripts/chat_with_edits.py edit outputs/chat-edits            # 3 example edits with MEMOIR
+    python scripts/chat_with_edits.py chat outputs/chat-edits            # interactive (empty line quits)
+    python scripts/chat_with_edits.py chat outputs/chat-edits --prompt "Who is the author of Hamlet?"
+
+``edit`` takes ``--alg`` (any registered method with an ``hparams/<alg>/smollm2-135m.yaml``) and
+``--requests file.json`` (a list of {"prompt", "target_new", "subject"?, "loc_prompt"?}) to replace the examples.
+The edits are trained on the raw prompt text, so ``chat`` completes raw text (no chat template).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXAMPLES = [
+    {"prompt": "Who is the author of Hamlet?", "target_new": "Jane Austen", "subject": "Hamlet",
+     "loc_prompt": "nq question: who painted the mona lisa Leonardo da Vinci"},
+    {"prompt": "What is the capital of Australia?", "target_new": "Perth", "subject": "Australia",
+     "loc_prompt": "nq question: what is the largest ocean on earth Pacific"},
+    {"prompt": "Which company makes the iPhone?", "target_new": "Nokia", "subject": "iPhone",
+     "loc_prompt": "nq question: when did world war 2 end 1945"},
+]
+
+
+def edit(args: argparse.Namespace) -> None:
+    from wise_edit import HyperParams, LifelongEditor, save_edits
+
+    requests = json.loads(Path(args.requests).read_text()) if args.requests else EXAMPLES
+    hparams = HyperParams.from_hparams(ROOT / "hparams" / args.alg / "smollm2-135m.yaml")
+    editor = LifelongEditor.from_hparams(hparams)
+    run = editor.edit_requests(requests, sequential_edit=True)
+    for result in run["requests"]:
+        print(f"{result['prompt']!r} -> {result['target_new']!r}: Rel {result['rewrite_acc']:.2f}")
+    print(f"saved to {save_edits(editor, args.directory)}")
+
+
+def reply(editor, prompt: str, max_new_tokens: int) -> str:
+    batch = editor.tok([prompt], return_tensors="pt").to(editor.model.device)
+    with torch.no_grad():
+        out = editor.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                    pad_token_id=editor.tok.pad_token_id)
+    return editor.tok.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def chat(args: argparse.Namespace) -> None:
+    from wise_edit import load_edits
+
+    editor = load_edits(args.directory)
+    print(f"{editor.hparams.alg_name} edits loaded: {len(editor.edit_log)}")
+    if args.prompt:
+        print(reply(editor, args.prompt, args.max_new_tokens))
+        return
+    while (prompt := input("> ").strip()):
+        print(reply(editor, prompt, args.max_new_tokens))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p_edit = commands.add_parser("edit", help="apply edits to the bundled model and save them")
+    p_edit.add_argument("directory")
+    p_edit.add_argument("--alg", default="MEMOIR")
+    p_edit.add_argument("--requests", help="JSON list of requests (default: three examples)")
+    p_edit.set_defaults(run=edit)
+    p_chat = commands.add_parser("chat", help="load saved edits onto a fresh base model and chat")
+    p_chat.add_argument("directory")
+    p_chat.add_argument("--prompt", help="answer one prompt and exit")
+    p_chat.add_argument("--max-new-tokens", type=int, default=16)
+    p_chat.set_defaults(run=chat)
+    args = parser.parse_args()
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
