@@ -1,5 +1,6 @@
 """The EasyEdit bridge against the PyPI ``easyeditor==0.0.1.dev0`` (run in .venv-easyedit, see scripts/test.sh)."""
 
+import importlib.util
 import subprocess
 import sys
 
@@ -10,12 +11,14 @@ from wise_edit.routing import MAIN
 
 from conftest import DATA, REQUESTS, ROOT, byte_tokenizer, routes, tiny_llama
 
-easyeditor = pytest.importorskip("easyeditor")  # noqa: E402  (this folder runs only in the bridge environment)
-
-from easyeditor.util import alg_dict  # noqa: E402
-from easyeditor.util.hparams import HyperParams as FrameworkHyperParams  # noqa: E402
+if importlib.util.find_spec("easyeditor") is None:  # this folder runs in the bridge environment (scripts/test.sh)
+    pytest.skip("easyeditor is not installed", allow_module_level=True)
 
 from wise_edit import easyedit  # noqa: E402
+
+easyedit.framework()  # import easyeditor with its shims in place
+from easyeditor.util import alg_dict  # noqa: E402
+from easyeditor.util.hparams import HyperParams as FrameworkHyperParams  # noqa: E402
 
 SITE = "model.layers[2].mlp.down_proj.weight"
 TINY = {"model_name": "tiny", "inner_params": [SITE], "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0}
@@ -67,14 +70,16 @@ def test_edit_through_alg_dict_takes_effect_and_accumulates(alg, extra):
         before = model(input_ids=ids).logits
     edited, weights_copy = apply(model, tok, [dict(REQUESTS[0])], hp, copy=False, return_orig_weights=True,
                                  keep_original_weight=False)
-    edited, _ = apply(edited, tok, [dict(REQUESTS[1])], hp)
     editor = easyedit.editor_for(edited, alg)
-    assert [e["case_id"] for e in editor.edit_log] == [0, 1]  # one editor for both calls: edits accumulate
-    scores = editor.score(REQUESTS[:2], [None, None])
-    assert min(r["rewrite_acc"] for r in scores) > 0.0
-    assert routes(editor, [REQUESTS[0]["prompt"], REQUESTS[1]["prompt"]]) != [MAIN, MAIN]
+    assert editor.score(REQUESTS[:1], [None])[0]["rewrite_acc"] == 1.0
     with torch.no_grad():
         assert not torch.equal(edited(input_ids=ids).logits, before)
+    edited, _ = apply(edited, tok, [dict(REQUESTS[1])], hp)
+    assert easyedit.editor_for(edited, alg) is editor  # one editor for both calls: edits accumulate
+    assert [e["case_id"] for e in editor.edit_log] == [0, 1]
+    assert editor.score(REQUESTS[1:2], [None])[0]["rewrite_acc"] == 1.0
+    assert MAIN not in routes(editor, [REQUESTS[0]["prompt"], REQUESTS[1]["prompt"]])
+    assert routes(editor, ["nq question: largest ocean"]) == [MAIN]
 
 
 def test_zsre_dataset_records_are_accepted_as_they_are():

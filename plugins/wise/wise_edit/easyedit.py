@@ -69,6 +69,14 @@ def _find_pruneable_heads_and_indices(heads: list[int], n_heads: int, head_size:
     return heads_left, torch.arange(keep.numel())[keep.view(-1).eq(1)].long()
 
 
+def framework() -> Any:
+    """``import easyeditor``, with the shims it needs in place (import it through this, not directly)."""
+    _install_shims()
+    import easyeditor
+
+    return easyeditor
+
+
 def hparams_class(alg_name: str) -> type:
     """The method's hyperparameter class, also derived from ``easyeditor.util.hparams.HyperParams``."""
     if alg_name not in _CLASSES:

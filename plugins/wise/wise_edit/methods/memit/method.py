@@ -25,12 +25,16 @@ class MEMIT(ROME):
 
     @torch.no_grad()
     def _read(self, rows: SubjectBatch) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Each site's keys and the top site's output (the residual change target) at the subject, per row."""
-        seen: dict[int, torch.Tensor] = {}
+        """Each site's keys and the top edited layer's output hidden state at the subject, per row.
+
+        The target is the residual stream after the top layer: every lower layer's update adds to it directly.
+        """
+        seen: dict[Any, torch.Tensor] = {}
         hooks = [site.linear.register_forward_hook(lambda m, args, out, i=i: seen.update({i: args[0]}))
                  for i, site in enumerate(self.sites)]
-        top = len(self.sites) - 1
-        hooks.append(self.sites[top].linear.register_forward_hook(lambda m, args, out: seen.update(out=out)))
+        top = self.sites[-1]
+        hooks.append(top.layers[top.layer_index].register_forward_hook(
+            lambda m, args, out: seen.update(hidden=out[0] if isinstance(out, tuple) else out)))
         batch = rows.batch.to(self.model.device)
         try:
             self.model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
@@ -38,14 +42,14 @@ class MEMIT(ROME):
             for hook in hooks:
                 hook.remove()
         index = (torch.arange(rows.positions.numel()), rows.positions)
-        return [seen[i][index] for i in range(len(self.sites))], seen["out"][index]
+        return [seen[i][index] for i in range(len(self.sites))], seen["hidden"][index]
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
         rows, _, deltas, losses = self.value_vectors(requests, len(self.sites) - 1)
         plain = rows.plain_rows
         _, start = self._read(rows)
-        target = start[plain] + deltas  # (R, d_model) the top output each request should reach
+        target = start[plain] + deltas  # (R, d_model) the top layer's output each request should reach
         for i, (site, moment) in enumerate(zip(self.sites, self.moments())):
             keys, now = self._read(rows)
             k = request_means(keys[i], rows, len(requests)).double()  # (R, d_in)

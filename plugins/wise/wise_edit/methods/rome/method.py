@@ -5,7 +5,8 @@ from typing import Any
 import torch
 
 from ...training.covariance import key_second_moment
-from ...training.subject import subject_batch
+from ...training.runner import SiteRunner
+from ...training.subject import SubjectBatch, subject_batch
 from ...training.value import optimise_values, request_means
 from ..base import EditMethod
 from .config import ROMEHyperParams
@@ -31,8 +32,9 @@ class ROME(EditMethod):
     def prepare(self, requests: list[dict[str, Any]]) -> None:
         self.moments()
 
-    def value_vectors(self, requests: list[dict[str, Any]], site_index: int):
-        """Rows, runner at ``sites[site_index]`` and the optimised vectors for ``requests``."""
+    def value_vectors(self, requests: list[dict[str, Any]], site_index: int
+                      ) -> tuple[SubjectBatch, SiteRunner, torch.Tensor, list[float]]:
+        """Rows, runner at ``sites[site_index]``, the optimised vectors (R, d_out) and the loss curve."""
         hp = self.hparams
         rows = subject_batch(self.tok, requests, self.prefixes, hp.max_length, hp.kl_template)
         runner = self.runner(rows.batch, self.sites[site_index])
