@@ -50,3 +50,22 @@ def test_wise_batches_cross_shard_boundaries(model, tok):
     assert editor.method.edits == 4 and len(side.active.pending) == 1 and side.live is None
     assert len(side.active.edit_keys) == 4
     assert torch.count_nonzero(side.active.pending[0]) > 0
+
+
+def test_batch_loss_is_the_sum_of_each_requests_mean(model, tok):
+    from wise_edit.training.batch import edit_batch
+    from wise_edit.training.runner import SiteRunner
+    from wise_edit.sites import resolve_site
+
+    site = resolve_site(model, SITE)
+    prefixes = ["Well. ", "So. "]
+
+    def loss(requests, per_request):
+        batch, _ = edit_batch(tok, requests, prefixes, include_loc=False, max_length=64)
+        runner = SiteRunner(model, site, batch)
+        return runner.cross_entropy(site.linear, len(prefixes) + 1 if per_request else None)
+
+    together = loss(REQUESTS[:2], per_request=True)
+    alone = [loss([r], per_request=False) for r in REQUESTS[:2]]
+    assert torch.allclose(together, alone[0] + alone[1], rtol=1e-5)
+    assert not torch.allclose(loss(REQUESTS[:2], per_request=False), together, rtol=1e-3)

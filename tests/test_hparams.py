@@ -66,3 +66,10 @@ def test_cross_field_validation(tmp_path):
 def test_every_shipped_file_loads(path):
     hp = HyperParams.from_hparams(path)
     assert hp.alg_name == path.parent.name
+
+
+@pytest.mark.parametrize("alg", ["WISE", "MEMOIR"])
+def test_negative_protect_is_refused(tmp_path, alg):
+    text = GOOD.replace("FT-L", alg) + "protect: -1\n"
+    with pytest.raises(HyperParamsError, match="key 'protect' must be >= 0, got -1.0"):
+        HyperParams.from_hparams(write(tmp_path, text))

@@ -99,3 +99,42 @@ def test_packed_overlap_matches_boolean_overlap():
     assert popcount(pack(torch.ones(1, 64, dtype=torch.bool))).item() == 64
     index, value = db.best(stored[7:8])
     assert index.item() == 7 and value.item() == int(stored[7].sum())
+
+
+def _memory_output(editor, request: dict, index: int) -> torch.Tensor:
+    """What the residual memory adds on ``request``'s prompt when it fires with stored mask ``index``."""
+    from wise_edit.training.batch import edit_batch
+
+    method = editor.method
+    batch, _ = edit_batch(editor.tok, [request], method.prefixes, include_loc=False, max_length=64)
+    keys = method.runner(batch).keys
+    mask = method.memory.db.unpack(torch.tensor([index]))[0].to(keys.dtype)
+    return (keys * mask) @ method.memory.weight.T
+
+
+def test_protection_slows_the_drift_of_earlier_edits(tok):
+    drift, last = {}, {}
+    for protect in (0.0, 100.0):
+        editor = LifelongEditor(memoir_hp(protect=protect), model=tiny_llama(), tok=tok)
+        editor.method.apply(REQUESTS[:1])
+        first = _memory_output(editor, REQUESTS[0], 0)
+        losses = editor.method.apply(REQUESTS[1:2])["losses"]
+        drift[protect] = float((_memory_output(editor, REQUESTS[0], 0) - first).norm() / first.norm())
+        last[protect] = losses[-1] / losses[0]
+    gram = editor.method.memory.protection.gram
+    assert torch.allclose(gram.trace(), torch.tensor(2.0))  # each edit weighs one
+    # masks of a tiny random model overlap heavily: unprotected, the second edit moves the first one's output
+    assert drift[0.0] > 0.5 and drift[100.0] < 0.5 * drift[0.0]
+    assert last[100.0] < 0.5  # and the second edit is still learnt
+
+
+def test_protection_state_round_trips_and_must_match(tok):
+    editor = LifelongEditor(memoir_hp(protect=10.0), model=tiny_llama(), tok=tok)
+    editor.method.apply(REQUESTS[:1])
+    state = editor.method.state_dict()
+    other = LifelongEditor(memoir_hp(protect=10.0), model=tiny_llama(), tok=tok)
+    other.method.load_state_dict(state)
+    assert torch.equal(other.method.memory.protection.gram, state["protect_gram"])
+    state.pop("protect_gram")
+    with pytest.raises(ValueError, match="protect_gram"):
+        other.method.load_state_dict(state)

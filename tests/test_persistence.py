@@ -19,11 +19,13 @@ SITE = "model.layers[2].mlp.down_proj.weight"
 COMMON = {"model_name": None, "inner_params": [SITE], "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0}
 METHODS = {
     "WISE-Merge": {"alg_name": "WISE", "edit_lr": 0.1, "optimizer": "adam", "n_iter": 10,
-                   "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "save_freq": 2, "merge_freq": 4},
+                   "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "save_freq": 2, "merge_freq": 4,
+                   "protect": 1.0},
     "WISE-Retrieve": {"alg_name": "WISE", "edit_lr": 0.1, "optimizer": "adam", "n_iter": 10,
                       "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "save_freq": 1, "merge_freq": 2,
                       "retrieve": True},
-    "MEMOIR": {"alg_name": "MEMOIR", "edit_lr": 5.0, "n_iter": 10, "top_k": 32, "irr_threshold": 0.6},
+    "MEMOIR": {"alg_name": "MEMOIR", "edit_lr": 5.0, "n_iter": 10, "top_k": 32, "irr_threshold": 0.6,
+               "protect": 1.0},
     "GRACE": {"alg_name": "GRACE", "eps": 0.5, "edit_lr": 0.5, "n_iter": 10, "n_prefixes": 0},
 }
 PROBES = [REQUESTS[0]["prompt"], REQUESTS[1]["rephrase_prompt"], "nq question: capital of Peru",

@@ -9,7 +9,7 @@ from wise_edit.methods.wise.side_memory import SideMemory
 from wise_edit.routing import MAIN, query_span
 from wise_edit.tokens import pad_pairs
 
-from conftest import routes, tiny_llama
+from conftest import REQUESTS, routes, tiny_llama
 
 SITE = "model.layers[2].mlp.down_proj.weight"
 
@@ -183,3 +183,24 @@ def test_nonsequential_protocol_leaves_no_trace(tok, requests_):
     after = editor.method.state_dict()
     assert after.keys() == empty.keys() and all(torch.equal(after[k], empty[k]) for k in empty)
     assert routes(editor, [requests_[0]["prompt"]]) == [MAIN]
+
+
+def test_protection_keeps_earlier_edits_outputs(tok):
+    from wise_edit.training.batch import edit_batch
+
+    def side_output(editor, request):
+        batch, _ = edit_batch(editor.tok, [request], editor.method.prefixes, include_loc=False, max_length=64)
+        return editor.method.runner(batch).keys @ editor.method.side.change(0).T
+
+    drift = {}
+    for protect in (0.0, 10.0):
+        editor = LifelongEditor(wise_hp(protect=protect), model=tiny_llama(), tok=tok)
+        editor.method.apply(REQUESTS[:1])
+        first = side_output(editor, REQUESTS[0])
+        editor.method.apply(REQUESTS[1:2])
+        drift[protect] = float((side_output(editor, REQUESTS[0]) - first).norm() / first.norm())
+    assert torch.allclose(editor.method.protection.gram.trace(), torch.tensor(2.0))
+    # keys of a tiny random model are alike: unprotected, the second edit rewrites what the first one wrote
+    assert drift[0.0] > 0.5 and drift[10.0] < 0.25 * drift[0.0]
+    state = editor.method.state_dict()
+    assert torch.equal(state["protect_gram"], editor.method.protection.gram)

@@ -155,3 +155,16 @@ class TrainedEditHyperParams(HyperParams):
         super().validate(source)
         if self.optimizer not in ("sgd", "adam"):
             raise HyperParamsError(f"{source}: key 'optimizer' must be 'sgd' or 'adam', got {self.optimizer!r}")
+
+
+@dataclasses.dataclass
+class SharedMemoryHyperParams(TrainedEditHyperParams):
+    """Keys of methods whose edits share one trained memory (WISE, MEMOIR)."""
+
+    #: slow-down of the directions earlier edits read (``training/protection.py``); 0 = as in the paper
+    protect: float = 0.0
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if self.protect < 0:
+            raise HyperParamsError(f"{source}: key 'protect' must be >= 0, got {self.protect}")

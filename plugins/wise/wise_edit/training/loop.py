@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import math
+
 import torch
 
 
@@ -36,3 +38,12 @@ def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor]
             with torch.no_grad():
                 after_step()
     return losses
+
+
+def batch_clip(grad_clip: float | None, n_requests: int) -> float | None:
+    """Gradient-norm limit for ``n_requests`` edits trained together (losses summed).
+
+    The summed gradient of k independent edits has about sqrt(k) times the norm of one, so the limit grows
+    with it and each edit keeps the step it would get alone.
+    """
+    return None if grad_clip is None else grad_clip * math.sqrt(n_requests)

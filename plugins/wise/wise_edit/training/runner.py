@@ -119,6 +119,17 @@ class SiteRunner:
             hook.remove()
         return logits[self._rows, self._cols]
 
-    def cross_entropy(self, ffn: FFNFunction) -> torch.Tensor:
-        """Mean cross-entropy of the label tokens."""
-        return nn.functional.cross_entropy(self.logits(ffn).float(), self.targets)
+    def cross_entropy(self, ffn: FFNFunction, rows_per_request: int | None = None) -> torch.Tensor:
+        """Mean cross-entropy of the label tokens; with ``rows_per_request``, the sum of each request's mean.
+
+        Summing per request keeps a batch of edits as strong as the same edits one at a time (a plain mean
+        would give each of k edits 1/k of its gradient).
+        """
+        losses = nn.functional.cross_entropy(self.logits(ffn).float(), self.targets, reduction="none")
+        if rows_per_request is None:
+            return losses.mean()
+        request = self._rows // rows_per_request
+        n = int(request.max()) + 1
+        sums = torch.zeros(n, device=losses.device).index_add_(0, request, losses)
+        counts = torch.zeros(n, device=losses.device).index_add_(0, request, torch.ones_like(losses))
+        return (sums / counts).sum()

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ...hparams import HyperParamsError, TrainedEditHyperParams
+from ...hparams import HyperParamsError, SharedMemoryHyperParams
 
 
 @dataclass
-class MEMOIRHyperParams(TrainedEditHyperParams):
+class MEMOIRHyperParams(SharedMemoryHyperParams):
     """MEMOIR: a zero-initialised residual memory written through sample-dependent sparse masks (TopHash)."""
 
     grad_clip: float | None = 1.0

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ...routing import query_mask
 from ...training.background import background_mean, background_texts
 from ...training.batch import edit_batch, plain_rows
-from ...training.loop import optimise
+from ...training.loop import batch_clip, optimise
 from ..base import EditMethod
 from .config import MEMOIRHyperParams
 from .residual_memory import ResidualMemory
@@ -22,7 +22,8 @@ class MEMOIR(EditMethod):
     def __init__(self, model, tok, hparams: MEMOIRHyperParams):
         super().__init__(model, tok, hparams)
         weight = self.site.linear.weight
-        self.memory = ResidualMemory(weight.shape, weight.device, hparams.top_k, hparams.irr_threshold, hparams.seed)
+        self.memory = ResidualMemory(weight.shape, weight.device, hparams.top_k, hparams.irr_threshold, hparams.seed,
+                                     hparams.protect)
         self.layer = self.attach_memory(self.memory)
         self._calibrated = False
 
@@ -54,11 +55,20 @@ class MEMOIR(EditMethod):
         def ffn(keys: torch.Tensor) -> torch.Tensor:
             return F.linear(keys, weight) + (keys[..., columns] * row_masks[:, None, :]) @ sub.T
 
-        losses = optimise([sub], lambda: runner.cross_entropy(ffn), n_iter=hp.n_iter, lr=hp.edit_lr,
-                          optimizer=hp.optimizer, grad_clip=hp.grad_clip, stop_loss=hp.stop_loss)
+        precondition = self.memory.protection.preconditioner(columns)
+        if precondition is not None:
+            sub.register_hook(lambda grad: grad @ precondition)
+        n = len(requests)
+        losses = optimise([sub], lambda: runner.cross_entropy(ffn, rows_per_request), n_iter=hp.n_iter,
+                          lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=batch_clip(hp.grad_clip, n),
+                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n)
         with torch.no_grad():
             self.memory.weight[:, columns] = sub.detach()
         self.memory.db.add(masks)
+        tokens = runner.batch.attention_mask.bool()
+        for r in range(n):
+            rows = slice(r * rows_per_request, (r + 1) * rows_per_request)
+            self.memory.protection.add(runner.keys[rows][tokens[rows]], masks[r])
         return {"losses": losses}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -9,15 +9,18 @@ from __future__ import annotations
 import torch
 
 from ...routing import MAIN
+from ...training.protection import KeyProtection
 from .mask_db import MaskDatabase
 from .tophash import TopHash
 
 
 class ResidualMemory:
-    def __init__(self, shape: torch.Size, device: torch.device, top_k: int, irr_threshold: float, seed: int):
+    def __init__(self, shape: torch.Size, device: torch.device, top_k: int, irr_threshold: float, seed: int,
+                 protect: float = 0.0):
         self.weight = torch.zeros(shape, device=device)  # W_m (d_out, d_in)
         self.hash = TopHash(shape[1], top_k, seed, device)
         self.db = MaskDatabase(shape[1], device)
+        self.protection = KeyProtection(shape[1], protect, device)
         self.irr_threshold = irr_threshold
         self._masks: torch.Tensor | None = None  # the routed rows' stored masks, from the last ``route``
 
@@ -36,8 +39,9 @@ class ResidualMemory:
         return (keys * gate[:, None, :].to(keys.dtype)) @ self.weight.T
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.weight.clone(), "masks": self.db.words.clone(),
-                "permutation": self.hash.permutation.clone(), "background": self.hash.background.clone()}
+        state = {"weight": self.weight.clone(), "masks": self.db.words.clone(),
+                 "permutation": self.hash.permutation.clone(), "background": self.hash.background.clone()}
+        return {**state, **self.protection.state_dict()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if state["weight"].shape != self.weight.shape:
@@ -47,3 +51,4 @@ class ResidualMemory:
         self.db.words = state["masks"].clone().to(self.weight.device)
         self.hash.permutation = state["permutation"].clone().to(self.weight.device)
         self.hash.background = state["background"].clone().to(self.weight.device)
+        self.protection.load_state_dict(state)

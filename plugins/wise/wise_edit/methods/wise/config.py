@@ -2,11 +2,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...hparams import HyperParamsError, TrainedEditHyperParams
+from ...hparams import HyperParamsError, SharedMemoryHyperParams
 
 
 @dataclass
-class WISEHyperParams(TrainedEditHyperParams):
+class WISEHyperParams(SharedMemoryHyperParams):
     """WISE (Wang et al. 2024): side memory, activation router, knowledge shards merged with TIES."""
 
     n_iter: int = 70

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from ...routing import query_mask
 from ...training.batch import edit_batch, plain_rows
-from ...training.loop import optimise
+from ...training.loop import batch_clip, optimise
+from ...training.protection import KeyProtection
 from ..base import EditMethod
 from .config import WISEHyperParams
 from .loss import margin_loss
@@ -33,6 +34,7 @@ class WISE(EditMethod):
         self.side.open()
         self.layer = self.attach_memory(self.side)
         self.edits = 0  # edits applied so far; decides shard saves and merges
+        self.protection = KeyProtection(weight.shape[1], hparams.protect, weight.device)
 
     def _mask(self) -> torch.Tensor:
         hp = self.hparams
@@ -63,18 +65,24 @@ class WISE(EditMethod):
 
         def loss() -> torch.Tensor:
             routing_loss.clear()
-            ce = runner.cross_entropy(ffn)
-            return ce + routing_loss[0]
+            ce = runner.cross_entropy(ffn, 1 + len(self.prefixes))
+            return ce + routing_loss[0] + hp.protect * self.protection.penalty(live - start)
+
+        start = live.detach().clone()
 
         def constrain() -> None:
             live.mul_(mask).clamp_(-hp.norm_constraint, hp.norm_constraint)
 
+        n = len(requests)
         losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer,
-                          grad_clip=hp.grad_clip, stop_loss=hp.stop_loss, after_step=constrain)
+                          grad_clip=batch_clip(hp.grad_clip, n),
+                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n, after_step=constrain)
         side.live = live.detach()
         for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
             n = int(runner.batch.query_lengths[row])
             memory.edit_keys.append(runner.keys[row, :n].detach().clone())
+            rows = slice(row, row + 1 + len(self.prefixes))
+            self.protection.add(runner.keys[rows][runner.batch.attention_mask[rows].bool()])
         before, self.edits = self.edits, self.edits + len(requests)
         self._close_shards(before)
         side.refresh()
@@ -105,9 +113,10 @@ class WISE(EditMethod):
             side.open()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.side.state_dict(), "edits": torch.tensor(self.edits)}
+        return {**self.side.state_dict(), **self.protection.state_dict(), "edits": torch.tensor(self.edits)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)
         self.edits = int(state.pop("edits"))
+        self.protection.load_state_dict(state)
         self.side.load_state_dict(state)
