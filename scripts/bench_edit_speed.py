@@ -9,6 +9,9 @@ step) and their ratio, whether their loss curves agree; then the median forward 
 vs the unedited one on ``--prompts`` unrelated prompts. For MEMOIR also the cost of matching 10,000 stored
 masks against one forward pass on a 32-token prompt. Ratios are measured in one run on the same inputs, so
 they hold on a noisy shared machine where absolute seconds do not.
+
+``--saved DIR ...`` adds the same latency check for edit states saved by a long CLI run (e.g. the
+``<output_dir>/edits`` of a T=100 run), measuring inference overhead after that many edits.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from wise_edit import HyperParams, LifelongEditor
+from wise_edit import HyperParams, LifelongEditor, load_edits
 from wise_edit.data import load_dataset
 from wise_edit.models import load_model, load_tokenizer
 from wise_edit.results import code_version, write_json
@@ -84,11 +87,12 @@ def mask_matching(model, tok, hparams) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--methods", nargs="+", default=["WISE", "MEMOIR"])
+    parser.add_argument("--methods", nargs="*", default=["WISE", "MEMOIR"])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--edits", type=int, default=10)
     parser.add_argument("--steps", type=int, default=10, help="optimisation steps per edit (fixed)")
     parser.add_argument("--prompts", type=int, default=100, help="unrelated prompts for the latency check")
+    parser.add_argument("--saved", nargs="*", default=[], help="saved edit states to check the latency of")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_edit_speed.json"))
     args = parser.parse_args()
 
@@ -115,6 +119,14 @@ def main() -> None:
         result["speedup"] = result["naive_s_per_edit"] / result["fast_s_per_edit"]
         result["max_loss_gap"] = max(abs(a - b) for ca, cb in zip(curves[True], curves[False]) for a, b in zip(ca, cb))
         rows.append(result)
+    saved_rows = []
+    for directory in args.saved:
+        editor = load_edits(directory)
+        plain = load_model(editor.hparams.model_name)
+        unedited, edited = forward_latencies([plain, editor.model], batches)
+        saved_rows.append({"saved": directory, "method": editor.hparams.alg_name, "edits": len(editor.edit_log),
+                           "latency_unedited_s": unedited, "latency_edited_s": edited,
+                           "inference_overhead": edited / unedited - 1})
 
     print(f"{'method':8} {'fast s/edit':>11} {'naive s/edit':>12} {'speedup':>8} {'loss gap':>9} {'overhead':>9}")
     for r in rows:
@@ -124,7 +136,10 @@ def main() -> None:
             m = r["mask_matching"]
             print(f"  MEMOIR: matching 10,000 masks {1000 * m['match_seconds']:.2f} ms vs forward(32 tokens) "
                   f"{1000 * m['forward32_seconds']:.1f} ms: ratio {m['match_over_forward']:.4f}")
-    path = write_json(args.out, {"rows": rows, "args": vars(args), "code_version": code_version(),
+    for r in saved_rows:
+        print(f"{r['method']:8} after {r['edits']} edits ({r['saved']}): inference overhead "
+              f"{100 * r['inference_overhead']:.1f}%")
+    path = write_json(args.out, {"rows": rows, "saved": saved_rows, "args": vars(args), "code_version": code_version(),
                                  "edits_after_which_latency_measured": args.edits})
     print(f"written {path}")
 
