@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
-
 import math
+from typing import Callable, Iterable
 
 import torch
 

@@ -63,12 +63,12 @@ class WISE(EditMethod):
             routing_loss.append(margin_loss(scores[~irrelevant], scores[irrelevant], alpha, beta, gamma))
             return F.linear(keys, weight + change)
 
+        start = live.detach().clone()
+
         def loss() -> torch.Tensor:
             routing_loss.clear()
             ce = runner.cross_entropy(ffn, 1 + len(self.prefixes))
             return ce + routing_loss[0] + hp.protect * self.protection.penalty(live - start)
-
-        start = live.detach().clone()
 
         def constrain() -> None:
             live.mul_(mask).clamp_(-hp.norm_constraint, hp.norm_constraint)
@@ -79,8 +79,8 @@ class WISE(EditMethod):
                           stop_loss=None if hp.stop_loss is None else hp.stop_loss * n, after_step=constrain)
         side.live = live.detach()
         for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
-            n = int(runner.batch.query_lengths[row])
-            memory.edit_keys.append(runner.keys[row, :n].detach().clone())
+            length = int(runner.batch.query_lengths[row])
+            memory.edit_keys.append(runner.keys[row, :length].detach().clone())
             rows = slice(row, row + 1 + len(self.prefixes))
             self.protection.add(runner.keys[rows][runner.batch.attention_mask[rows].bool()])
         before, self.edits = self.edits, self.edits + len(requests)
