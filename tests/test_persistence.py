@@ -168,4 +168,7 @@ def test_a_killed_stream_resumes_from_its_checkpoint_and_ends_as_an_uninterrupte
     assert a["summary"] == b["summary"]
     assert a["requests"] == b["requests"]  # per-request metrics and loss curves
     assert f"resuming after {done} edits" in resumed.stdout + resumed.stderr
+    timing = b["timing"]  # the restored edit seconds count in the total, so evaluation time stays positive
+    assert timing["resumed_edits"] == done and timing["total_seconds"] > timing["edit_seconds"]
+    assert timing["eval_seconds"] > 0
     assert len(json.loads((out / "edits" / "edits.json").read_text())["edit_log"]) == 8

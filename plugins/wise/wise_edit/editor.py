@@ -75,6 +75,7 @@ class LifelongEditor:
             if not sequential_edit:
                 raise ValueError("checkpoints resume a sequential edit stream; sequential_edit is False")
             edit_seconds, losses, done = self._resume(Path(checkpoint_dir), requests)
+        resumed_seconds = edit_seconds  # spent by the run(s) before the checkpoint
         batch_size = self.hparams.batch_size
         bar = tqdm(total=len(requests), initial=done, desc=f"{self.hparams.alg_name} edits", unit="edit",
                    disable=not progress)
@@ -111,13 +112,13 @@ class LifelongEditor:
         for result, curve in zip(results, _expand(losses, batch_size, len(requests))):
             result["train_steps"] = len(curve)
             result["final_loss"] = curve[-1] if curve else None
-        total = time.perf_counter() - start
+        total = time.perf_counter() - start + resumed_seconds
         return {
             "summary": summarize(results, rephrase_name),
             "requests": results,
             "timing": {"total_seconds": total, "edit_seconds": edit_seconds,
                        "seconds_per_edit": edit_seconds / len(requests),
-                       "eval_seconds": total - edit_seconds},
+                       "eval_seconds": total - edit_seconds, "resumed_edits": done},
         }
 
     def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[float, list, int]:
