@@ -192,15 +192,41 @@ def test_protection_keeps_earlier_edits_outputs(tok):
         batch, _ = edit_batch(editor.tok, [request], editor.method.prefixes, include_loc=False, max_length=64)
         return editor.method.runner(batch).keys @ editor.method.side.change(0).T
 
-    drift = {}
-    for protect in (0.0, 10.0):
-        editor = LifelongEditor(wise_hp(protect=protect), model=tiny_llama(), tok=tok)
+    drift, learnt = {}, {}
+    for protect in (0.0, 100.0):
+        # mask_ratio 1: the shard mask would cut the projected step back to its entries (see protection.py)
+        editor = LifelongEditor(wise_hp(protect=protect, mask_ratio=1.0, n_iter=15), model=tiny_llama(), tok=tok)
         editor.method.apply(REQUESTS[:1])
         first = side_output(editor, REQUESTS[0])
-        editor.method.apply(REQUESTS[1:2])
+        losses = editor.method.apply(REQUESTS[1:2])["losses"]
         drift[protect] = float((side_output(editor, REQUESTS[0]) - first).norm() / first.norm())
+        learnt[protect] = losses[-1] / losses[0]
     assert torch.allclose(editor.method.protection.gram.trace(), torch.tensor(2.0))
-    # keys of a tiny random model are alike: unprotected, the second edit rewrites what the first one wrote
-    assert drift[0.0] > 0.5 and drift[10.0] < 0.25 * drift[0.0]
+    # keys of a tiny random model are alike: unprotected, the second edit rewrites what the first one wrote;
+    # protected, it moves the first edit's output less than half as much and still learns (loss more than halved)
+    assert drift[0.0] > 0.5 and drift[100.0] < 0.5 * drift[0.0]
+    assert learnt[100.0] < 0.6
     state = editor.method.state_dict()
     assert torch.equal(state["protect_gram"], editor.method.protection.gram)
+
+
+def test_centered_side_memory_reads_keys_minus_the_background(tok):
+    from wise_edit.training.background import background_texts
+
+    editor = LifelongEditor(wise_hp(center_keys=True), model=tiny_llama(), tok=tok)
+    pre = editor.score(REQUESTS[:2], [None] * 2)
+    run = editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
+    side = editor.method.side
+    assert background_texts(REQUESTS[:2], 100, None, tok, 4) == [r["loc_prompt"] for r in REQUESTS[:2]]
+    assert side.center.abs().sum() > 0
+    # the background key itself is what every prompt shares: it scores 0 and the memory adds nothing for it
+    keys = side.center.expand(1, 3, -1)
+    assert side.route(keys, torch.ones(1, 3)).tolist() == [MAIN]
+    assert side.delta(keys, torch.zeros(1, dtype=torch.long)).abs().max() == 0
+    assert run["summary"]["rel"] > max(r["rewrite_acc"] for r in pre)
+    assert routes(editor, [r["prompt"] for r in REQUESTS[:2]]) == [0, 0]
+    assert routes(editor, [r["locality_prompt"] for r in REQUESTS[:2]]) == [MAIN, MAIN]
+    other = LifelongEditor(wise_hp(center_keys=True), model=tiny_llama(), tok=tok)
+    other.method.load_state_dict(editor.method.state_dict())
+    assert torch.equal(other.method.side.center, side.center)
+    assert routes(other, [REQUESTS[0]["prompt"]]) == [0]

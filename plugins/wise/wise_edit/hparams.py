@@ -163,6 +163,8 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
 
     #: slow-down of the directions earlier edits read (``training/protection.py``); 0 = as in the paper
     protect: float = 0.0
+    #: irrelevant prompts averaged into the background key (MEMOIR's TopHash, WISE's ``center_keys``)
+    n_background: int = 100
 
     def validate(self, source: str) -> None:
         super().validate(source)

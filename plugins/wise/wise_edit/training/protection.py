@@ -4,15 +4,14 @@ A memory shared by many edits (WISE's side memory, the columns MEMOIR's masks ha
 edit move the output of every earlier edit whose keys it overlaps; on ZsRE's one-template prompts that is most
 of them. We keep the second moment of the earlier edits' keys, ``G = sum_i K_i^T K_i / ||K_i||^2`` (each edit
 weighs one, whatever its length; ``K_i`` masked by the edit's columns where the method has them), and use it
-in one of two ways:
+as one matrix, ``P = (I + protect * G)^-1`` (:meth:`KeyProtection.preconditioner`): directions earlier edits
+read move ``1 + protect * g`` times slower and unused directions as fast as before -- the soft form of a
+null-space projection; the new edit still goes where it must. Where it is applied depends on the optimiser:
 
-- :meth:`KeyProtection.preconditioner` (MEMOIR: SGD on whole columns): the gradient is right-multiplied by
-  ``(I + protect * G)^-1``, so directions earlier edits read move ``1 + protect * g`` times slower and unused
-  directions as fast as before -- the soft form of a null-space projection; the new edit still goes where it
-  must.
-- :meth:`KeyProtection.penalty` (WISE: Adam, whose per-entry scaling would undo a preconditioner, on an
-  entry-wise shard mask, which would break a projection): ``protect * tr(delta G delta^T)`` is added to the
-  loss.
+- MEMOIR (SGD on whole columns) right-multiplies the gradient of its columns by ``P``.
+- WISE (Adam, whose per-entry scaling would undo a preconditioned gradient) right-multiplies each optimiser
+  *step* by ``P``. The step is then cut back to the shard's entry-wise mask, which breaks the projection: it
+  is exact only with ``mask_ratio: 1``.
 """
 
 from __future__ import annotations
@@ -34,13 +33,6 @@ class KeyProtection:
         sub = self.gram if columns is None else self.gram[columns][:, columns]
         eye = torch.eye(sub.shape[0], device=sub.device, dtype=sub.dtype)
         return torch.linalg.inv(eye + self.strength * sub)
-
-    def penalty(self, delta: torch.Tensor) -> torch.Tensor:
-        """``tr(delta G delta^T)``: the squared change ``delta`` (d_out, d_in) makes to earlier edits' outputs,
-        each edit's keys normalised to unit mass. Zero when protection is off."""
-        if self.gram is None:
-            return delta.new_zeros(())
-        return ((delta @ self.gram) * delta).sum()
 
     def add(self, keys: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Record one edit: ``keys`` (n_tokens, d_in) of its training rows, ``mask`` (d_in,) its columns."""

@@ -14,8 +14,6 @@ class MEMOIRHyperParams(SharedMemoryHyperParams):
     top_k: int = 4096
     #: least mask overlap |M_q & M_e| / top_k for the memory to fire (0.4 ZsRE, 0.9 hallucination)
     irr_threshold: float = 0.4
-    #: irrelevant prompts averaged into the background activation that TopHash subtracts
-    n_background: int = 100
 
     def validate(self, source: str) -> None:
         super().validate(source)

@@ -19,6 +19,9 @@ class WISEHyperParams(SharedMemoryHyperParams):
     merge_freq: int = 1000
     densities: float = 0.53
     retrieve: bool = False
+    #: the side memory reads keys minus the background key (beyond the paper; off = the paper): what all
+    #: prompts share then neither raises the routing score of unrelated prompts nor carries one edit into another
+    center_keys: bool = False
 
     def validate(self, source: str) -> None:
         super().validate(source)

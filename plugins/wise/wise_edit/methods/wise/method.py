@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ...routing import query_mask
+from ...training.background import background_mean, background_texts
 from ...training.batch import edit_batch, plain_rows
 from ...training.loop import batch_clip, optimise
 from ...training.protection import KeyProtection
@@ -35,6 +36,17 @@ class WISE(EditMethod):
         self.layer = self.attach_memory(self.side)
         self.edits = 0  # edits applied so far; decides shard saves and merges
         self.protection = KeyProtection(weight.shape[1], hparams.protect, weight.device)
+        self._centered = not hparams.center_keys  # True once the side memory's center is settled
+
+    def prepare(self, requests: list[dict[str, Any]]) -> None:
+        """With ``center_keys``: the background key of the stream's irrelevant prompts (as MEMOIR's TopHash)."""
+        if self._centered:
+            return
+        texts = background_texts(requests, self.hparams.n_background, self.model, self.tok,
+                                 self.hparams.prefix_length)
+        self.side.center = background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts,
+                                           self.hparams.max_length)
+        self._centered = True
 
     def _mask(self) -> torch.Tensor:
         hp = self.hparams
@@ -43,6 +55,7 @@ class WISE(EditMethod):
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
+        self.prepare(requests)
         alpha, beta, gamma = hp.act_margin
         batch, irrelevant = edit_batch(self.tok, requests, self.prefixes, include_loc=True,
                                        max_length=hp.max_length)
@@ -59,19 +72,22 @@ class WISE(EditMethod):
 
         def ffn(keys: torch.Tensor) -> torch.Tensor:
             change = fixed + live * mask
-            scores = activation_scores(keys, change, scored)
+            scores = activation_scores(side.read(keys), change, scored)
             routing_loss.append(margin_loss(scores[~irrelevant], scores[irrelevant], alpha, beta, gamma))
-            return F.linear(keys, weight + change)
-
-        start = live.detach().clone()
+            return F.linear(keys, weight + change) - F.linear(side.center, change)
 
         def loss() -> torch.Tensor:
             routing_loss.clear()
-            ce = runner.cross_entropy(ffn, 1 + len(self.prefixes))
-            return ce + routing_loss[0] + hp.protect * self.protection.penalty(live - start)
+            return runner.cross_entropy(ffn, 1 + len(self.prefixes)) + routing_loss[0]
+
+        project = self.protection.preconditioner()  # applied to Adam's step, not its gradient (protection.py)
+        previous = live.detach().clone()
 
         def constrain() -> None:
+            if project is not None:
+                live.copy_(previous + (live - previous) @ project)
             live.mul_(mask).clamp_(-hp.norm_constraint, hp.norm_constraint)
+            previous.copy_(live)
 
         n = len(requests)
         losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer,
@@ -82,7 +98,7 @@ class WISE(EditMethod):
             length = int(runner.batch.query_lengths[row])
             memory.edit_keys.append(runner.keys[row, :length].detach().clone())
             rows = slice(row, row + 1 + len(self.prefixes))
-            self.protection.add(runner.keys[rows][runner.batch.attention_mask[rows].bool()])
+            self.protection.add(side.read(runner.keys[rows][runner.batch.attention_mask[rows].bool()]))
         before, self.edits = self.edits, self.edits + len(requests)
         self._close_shards(before)
         side.refresh()
@@ -120,3 +136,4 @@ class WISE(EditMethod):
         self.edits = int(state.pop("edits"))
         self.protection.load_state_dict(state)
         self.side.load_state_dict(state)
+        self._centered = True  # the center is part of the state

@@ -3,6 +3,9 @@
 Memory ``m`` answers with ``W + D_m`` where ``D_m = merged_m + sum(pending shards of m)``. WISE-Merge keeps one
 memory for the whole stream; WISE-Retrieve closes a memory at every merge and opens a new one. The object
 plugs into :class:`wise_edit.routing.RoutedLinear` (``route`` / ``delta``).
+
+The memories read :meth:`SideMemory.read` of the keys: the keys themselves (the paper), or with ``center_keys``
+the keys minus the background key, so a memory answers ``W a + D_m (a - center)`` and scores ``a - center``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ class SideMemory:
         self.memories: list[Memory] = []
         self._changes: torch.Tensor | None = None  # (M, d_out, d_in) cache of each memory's change
         self.live: torch.Tensor | None = None  # the shard being trained, added to the newest memory
+        self.center = torch.zeros(shape[1], device=device)  # subtracted from keys before any memory reads them
+
+    def read(self, keys: torch.Tensor) -> torch.Tensor:
+        """What the memories see of ``keys`` (..., d_in)."""
+        return keys - self.center
 
     def open(self) -> Memory:
         """Start a new (empty) memory: WISE-Merge does this once, WISE-Retrieve after every merge."""
@@ -61,7 +69,7 @@ class SideMemory:
             memory.threshold = float("inf")
             return
         change = self.change(index)
-        scores = torch.stack([activation_scores(k[None], change, k.new_ones(1, k.shape[0]))[0]
+        scores = torch.stack([activation_scores(self.read(k)[None], change, k.new_ones(1, k.shape[0]))[0]
                               for k in memory.edit_keys])
         memory.threshold = threshold(scores, self.act_ratio)
 
@@ -69,22 +77,25 @@ class SideMemory:
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self._changes is None:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
-        scores = torch.stack([activation_scores(keys, d, mask) for d in self._changes])
+        read = self.read(keys)
+        scores = torch.stack([activation_scores(read, d, mask) for d in self._changes])
         limits = torch.tensor([m.threshold for m in self.memories], dtype=scores.dtype, device=scores.device)
         return select(scores, limits)
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         assert self._changes is not None
         out = keys.new_zeros(*keys.shape[:-1], self.shape[0])
+        read = self.read(keys)
         for index in route.unique().tolist():
             if index != MAIN:
                 rows = route == index
-                out[rows] = keys[rows] @ self._changes[index].T
+                out[rows] = read[rows] @ self._changes[index].T
         return out
 
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        state: dict[str, torch.Tensor] = {"num_memories": torch.tensor(len(self.memories))}
+        state: dict[str, torch.Tensor] = {"num_memories": torch.tensor(len(self.memories)),
+                                          "center": self.center.clone()}
         for m, memory in enumerate(self.memories):
             state[f"memory.{m}.merged"] = memory.merged.clone()
             state[f"memory.{m}.threshold"] = torch.tensor(memory.threshold)
@@ -100,6 +111,7 @@ class SideMemory:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.memories = []
+        self.center = state["center"].clone().to(self.device)
         for m in range(int(state["num_memories"])):
             self.memories.append(Memory(
                 merged=state[f"memory.{m}.merged"].clone().to(self.device),
