@@ -230,3 +230,34 @@ def test_centered_side_memory_reads_keys_minus_the_background(tok):
     other.method.load_state_dict(editor.method.state_dict())
     assert torch.equal(other.method.side.center, side.center)
     assert routes(other, [REQUESTS[0]["prompt"]]) == [0]
+
+
+def test_relative_scores_route_on_the_memorys_gain_not_on_loudness():
+    change = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.0]])  # amplifies axis 0 (the edit), barely reads axis 1
+    keys = torch.tensor([[[3.0, 0.0, 0.0]], [[0.0, 10.0, 0.0]], [[0.0, 0.0, 0.0]]])  # edit, loud unrelated, silent
+    decisions = {}
+    for relative in (False, True):
+        side = SideMemory(torch.Size([2, 3]), torch.device("cpu"), act_ratio=0.9, relative_scores=relative)
+        memory = side.open()
+        memory.merged = change.clone()
+        memory.edit_keys.append(torch.tensor([[2.0, 0.0, 0.0]]))
+        side.refresh()
+        side.calibrate(0)
+        decisions[relative] = (memory.threshold, side.route(keys, torch.ones(3, 1)).tolist())
+    # absolute: threshold 0.9 * 8; the loud key moves the output by 10 and is routed to the memory
+    assert decisions[False] == (pytest.approx(7.2), [0, 0, MAIN])
+    # relative: threshold 0.9 * 4 (gain of the edit's direction); the loud key's gain is 1, the silent key's 0
+    assert decisions[True] == (pytest.approx(3.6), [0, MAIN, MAIN])
+    scores = activation_scores(keys, change, torch.ones(3, 1), relative=True)
+    assert scores.tolist() == [4.0, 1.0, 0.0]
+
+
+def test_relative_scores_hparam_reaches_the_router(tok):
+    editor = LifelongEditor(wise_hp(center_keys=True, relative_scores=True), model=tiny_llama(), tok=tok)
+    editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
+    side = editor.method.side
+    gains = torch.stack([activation_scores(side.read(k)[None], side.change(0), torch.ones(1, k.shape[0]),
+                                           relative=True)[0] for k in side.active.edit_keys])
+    assert side.active.threshold == pytest.approx(0.8 * gains.min().item())
+    assert routes(editor, [r["prompt"] for r in REQUESTS[:2]]) == [0, 0]
+    assert routes(editor, [r["locality_prompt"] for r in REQUESTS[:2]]) == [MAIN, MAIN]

@@ -22,6 +22,9 @@ class WISEHyperParams(SharedMemoryHyperParams):
     #: the side memory reads keys minus the background key (beyond the paper; off = the paper): what all
     #: prompts share then neither raises the routing score of unrelated prompts nor carries one edit into another
     center_keys: bool = False
+    #: route and calibrate on the memory's gain ||D a|| / ||a|| instead of ||D a|| (beyond the paper; router.py);
+    #: the margin loss keeps the absolute score its ``act_margin`` values are written for
+    relative_scores: bool = False
 
     def validate(self, source: str) -> None:
         super().validate(source)

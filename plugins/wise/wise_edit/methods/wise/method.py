@@ -31,7 +31,7 @@ class WISE(EditMethod):
     def __init__(self, model, tok, hparams: WISEHyperParams):
         super().__init__(model, tok, hparams)
         weight = self.site.linear.weight
-        self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio)
+        self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio, hparams.relative_scores)
         self.side.open()
         self.layer = self.attach_memory(self.side)
         self.edits = 0  # edits applied so far; decides shard saves and merges
@@ -66,7 +66,8 @@ class WISE(EditMethod):
         mask = self._mask()
         live = (side.live.clone() if side.live is not None else torch.zeros_like(weight)).requires_grad_(True)
         irrelevant = irrelevant.to(weight.device)
-        # edit rows decide on their prompt; irrelevant rows on all their tokens (they have no target)
+        # edit rows decide on their prompt; irrelevant rows on all their tokens (they have no target). The margins
+        # are in units of the paper's absolute score, so the loss uses it even when routing uses the relative one
         scored = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
         routing_loss: list[torch.Tensor] = []
 

@@ -1,7 +1,10 @@
 """The activation router: which side memory (if any) answers an input.
 
 Score of an input for a side memory with change D = W' - W: the mean over its query tokens of
-||a D^T||, i.e. how much that memory would move this layer's output. A memory answers when the score reaches
+||a D^T||, i.e. how much that memory would move this layer's output. The *relative* score divides each token's
+||a D^T|| by ||a||: the memory's gain in that key's direction. Edits are what the memory was trained to amplify,
+so their gain is high whatever their length or loudness, while an unrelated prompt with loud keys gets a high
+absolute score from the directions it shares with the edits but a low gain. A memory answers when the score reaches
 its threshold ``act_ratio * (smallest score of the edits it holds)``; with several memories (WISE-Retrieve) the
 highest-scoring one among those above their thresholds answers.
 """
@@ -13,9 +16,12 @@ import torch
 from ...routing import MAIN
 
 
-def activation_scores(keys: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) mean over the masked tokens of ||keys @ delta^T||."""
+def activation_scores(keys: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
+                      relative: bool = False) -> torch.Tensor:
+    """(B,) mean over the masked tokens of ||keys @ delta^T|| (``relative``: divided by ||keys||)."""
     norms = torch.linalg.vector_norm(keys @ delta.T, dim=-1)
+    if relative:
+        norms = norms / torch.linalg.vector_norm(keys, dim=-1).clamp(min=torch.finfo(norms.dtype).tiny)
     mask = mask.to(norms.dtype)
     return (norms * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 

@@ -30,8 +30,9 @@ class Memory:
 
 
 class SideMemory:
-    def __init__(self, shape: torch.Size, device: torch.device, act_ratio: float):
+    def __init__(self, shape: torch.Size, device: torch.device, act_ratio: float, relative_scores: bool = False):
         self.shape, self.device, self.act_ratio = shape, device, act_ratio
+        self.relative_scores = relative_scores  # route on the memory's gain (router.py), not its absolute output
         self.memories: list[Memory] = []
         self._changes: torch.Tensor | None = None  # (M, d_out, d_in) cache of each memory's change
         self.live: torch.Tensor | None = None  # the shard being trained, added to the newest memory
@@ -69,7 +70,8 @@ class SideMemory:
             memory.threshold = float("inf")
             return
         change = self.change(index)
-        scores = torch.stack([activation_scores(self.read(k)[None], change, k.new_ones(1, k.shape[0]))[0]
+        scores = torch.stack([activation_scores(self.read(k)[None], change, k.new_ones(1, k.shape[0]),
+                                                self.relative_scores)[0]
                               for k in memory.edit_keys])
         memory.threshold = threshold(scores, self.act_ratio)
 
@@ -78,7 +80,7 @@ class SideMemory:
         if self._changes is None:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
         read = self.read(keys)
-        scores = torch.stack([activation_scores(read, d, mask) for d in self._changes])
+        scores = torch.stack([activation_scores(read, d, mask, self.relative_scores) for d in self._changes])
         limits = torch.tensor([m.threshold for m in self.memories], dtype=scores.dtype, device=scores.device)
         return select(scores, limits)
 
