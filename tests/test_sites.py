@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from wise_edit.sites import SiteError, resolve_site
+from wise_edit.sites import SiteError, resolve_site, run_through
 
 
 def test_resolves_linear_and_its_decoder_layer(model):
@@ -19,3 +20,26 @@ def test_resolves_linear_and_its_decoder_layer(model):
 def test_bad_inner_params_name_what_is_wrong(model, path, message):
     with pytest.raises(SiteError, match=message):
         resolve_site(model, path)
+
+
+def test_run_through_stops_at_the_layer_and_reads_what_a_full_pass_reads(model):
+    site = resolve_site(model, "model.layers[1].mlp.down_proj.weight")
+    ids = torch.tensor([[5, 9, 3, 7, 2]])
+    ran, keys = [], []
+    hooks = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+             for i, layer in enumerate(model.model.layers)]
+    hooks.append(site.linear.register_forward_hook(lambda m, a, o: keys.append(a[0])))
+    with torch.no_grad():
+        full = model(input_ids=ids, output_hidden_states=True)
+        ran.clear()
+        out = run_through(model, site.layer, input_ids=ids)
+    for hook in hooks:
+        hook.remove()
+    assert ran == [0, 1]  # layers 2 and 3 never ran
+    torch.testing.assert_close(keys[1], keys[0], rtol=0, atol=0)
+    torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, full.hidden_states[2], rtol=0, atol=0)
+
+
+def test_run_through_a_layer_outside_the_decoder_says_so(model):
+    with pytest.raises(SiteError, match="never reached the layer Linear"):
+        run_through(model, torch.nn.Linear(2, 2), input_ids=torch.tensor([[1, 2]]))

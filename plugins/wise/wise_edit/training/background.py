@@ -15,7 +15,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import cache_dir
 from ..routing import query_mask
-from ..sites import EditSite
+from ..sites import EditSite, run_through
 from ..tokens import encode_batch
 from .batch import generate_prefixes
 
@@ -44,7 +44,7 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
             part = prompts[start:start + batch_size]
             batch = encode_batch(tok, part, [None] * len(part), max_length).to(model.device)
             captured.clear()
-            model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            run_through(model, site.layer, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             weights = query_mask(batch.attention_mask, None).to(captured[0].dtype)
             means.append((captured[0] * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
     finally:

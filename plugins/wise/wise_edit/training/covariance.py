@@ -17,11 +17,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..models import cache_dir
-from ..sites import EditSite
-
-
-class _Enough(Exception):
-    """Raised by a hook once the deepest site has seen the batch: the layers above need not run."""
+from ..sites import EditSite, run_through
 
 
 def corpus_token_stream(tok: PreTrainedTokenizerBase, corpus: Path, n_tokens: int) -> list[int]:
@@ -63,24 +59,19 @@ def key_second_moment(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site
     rows = ids[: len(ids) // seq_length * seq_length].view(-1, seq_length)
     sums = [torch.zeros(s.linear.weight.shape[1], s.linear.weight.shape[1], dtype=torch.float64,
                         device=model.device) for s in sites]
-    deepest = max(range(len(sites)), key=lambda i: sites[i].layer_index)
+    deepest = max(sites, key=lambda site: site.layer_index)  # the layers above it need not run
 
     def accumulate(i: int):
         def hook(module, args, out):
             keys = args[0].reshape(-1, args[0].shape[-1]).double()
             sums[i].add_(keys.T @ keys)
-            if i == deepest:
-                raise _Enough
         return hook
 
     hooks = [s.linear.register_forward_hook(accumulate(i)) for i, s in enumerate(sites)]
     try:
         for start in tqdm(range(0, rows.shape[0], batch_size), desc="key statistics", unit="batch",
                           disable=not progress):
-            try:
-                model.get_decoder()(input_ids=rows[start:start + batch_size].to(model.device), use_cache=False)
-            except _Enough:
-                pass
+            run_through(model, deepest.layer, input_ids=rows[start:start + batch_size].to(model.device))
     finally:
         for hook in hooks:
             hook.remove()

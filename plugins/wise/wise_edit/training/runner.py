@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..sites import EditSite
+from ..sites import EditSite, run_through
 from ..tokens import TokenBatch
 
 FFNFunction = Callable[[torch.Tensor], torch.Tensor]
@@ -57,23 +57,18 @@ class SiteRunner:
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
-        """One full pass recording the keys and the outputs needed to replay the frozen part."""
-        seen: dict[str, Any] = {}
-        layer = self.site.layers[self.site.layer_index]
-        hooks = [self.site.linear.register_forward_hook(
-            lambda m, args, out: seen.update(keys=args[0].detach(), linear_out=out.detach()))]
-        if self.fast:
-            hooks.append(layer.register_forward_hook(lambda m, args, out: seen.update(layer_out=out)))
+        """One pass up to the edited layer recording the keys and the outputs needed to replay the frozen part."""
+        seen: dict[str, torch.Tensor] = {}
+        hook = self.site.linear.register_forward_hook(
+            lambda m, args, out: seen.update(keys=args[0].detach(), linear_out=out.detach()))
         try:
-            self.model.get_decoder()(input_ids=self.batch.input_ids, attention_mask=self.batch.attention_mask,
-                                     use_cache=False)
+            layer_out = run_through(self.model, self.site.layer, input_ids=self.batch.input_ids,
+                                    attention_mask=self.batch.attention_mask)
         finally:
-            for h in hooks:
-                h.remove()
+            hook.remove()
         if self.fast:
-            rows = self.label_rows
-            self._layer_out = seen["layer_out"]
-            self._residual = (_hidden(seen["layer_out"]) - seen["linear_out"])[rows]
+            self._layer_out = layer_out
+            self._residual = (_hidden(layer_out) - seen["linear_out"])[self.label_rows]
         return seen["keys"]
 
     @property

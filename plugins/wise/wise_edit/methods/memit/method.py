@@ -4,6 +4,7 @@ from typing import Any
 
 import torch
 
+from ...sites import run_through
 from ...training.subject import SubjectBatch
 from ...training.value import request_means
 from ..rome.method import ROME
@@ -29,20 +30,19 @@ class MEMIT(ROME):
 
         The target is the residual stream after the top layer: every lower layer's update adds to it directly.
         """
-        seen: dict[Any, torch.Tensor] = {}
+        seen: dict[int, torch.Tensor] = {}
         hooks = [site.linear.register_forward_hook(lambda m, args, out, i=i: seen.update({i: args[0]}))
                  for i, site in enumerate(self.sites)]
-        top = self.sites[-1]
-        hooks.append(top.layers[top.layer_index].register_forward_hook(
-            lambda m, args, out: seen.update(hidden=out[0] if isinstance(out, tuple) else out)))
         batch = rows.batch.to(self.model.device)
         try:
-            self.model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+            hidden = run_through(self.model, self.sites[-1].layer, input_ids=batch.input_ids,
+                                 attention_mask=batch.attention_mask)
         finally:
             for hook in hooks:
                 hook.remove()
+        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         index = (torch.arange(rows.positions.numel()), rows.positions)
-        return [seen[i][index] for i in range(len(self.sites))], seen["hidden"][index]
+        return [seen[i][index] for i in range(len(self.sites))], hidden[index]
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
