@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from wise_edit.sites import SiteError, resolve_site, run_through
+from wise_edit.sites import SiteError, hidden_of, resolve_site, run_through
 
 
 def test_resolves_linear_and_its_decoder_layer(model):
@@ -37,7 +37,7 @@ def test_run_through_stops_at_the_layer_and_reads_what_a_full_pass_reads(model):
         hook.remove()
     assert ran == [0, 1]  # layers 2 and 3 never ran
     torch.testing.assert_close(keys[1], keys[0], rtol=0, atol=0)
-    torch.testing.assert_close(out[0] if isinstance(out, tuple) else out, full.hidden_states[2], rtol=0, atol=0)
+    torch.testing.assert_close(hidden_of(out), full.hidden_states[2], rtol=0, atol=0)
 
 
 def test_run_through_a_layer_outside_the_decoder_says_so(model):

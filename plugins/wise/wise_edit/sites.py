@@ -41,6 +41,11 @@ class EditSite:
         return self.layers[self.layer_index]
 
 
+def hidden_of(output: Any) -> Any:
+    """The hidden state in a decoder layer's output (some layers return a tuple, some the tensor alone)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 class _Reached(Exception):
     """Raised by :func:`run_through` once its layer has run."""
 

@@ -18,14 +18,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from ..sites import EditSite, run_through
+from ..sites import EditSite, hidden_of, run_through
 from ..tokens import TokenBatch
 
 FFNFunction = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _hidden(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, tuple) else output
 
 
 def _with_hidden(output: Any, hidden: torch.Tensor) -> Any:
@@ -68,7 +64,7 @@ class SiteRunner:
             hook.remove()
         if self.fast:
             self._layer_out = layer_out
-            self._residual = (_hidden(layer_out) - seen["linear_out"])[self.label_rows]
+            self._residual = (hidden_of(layer_out) - seen["linear_out"])[self.label_rows]
         return seen["keys"]
 
     @property

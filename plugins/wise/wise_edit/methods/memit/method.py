@@ -4,7 +4,7 @@ from typing import Any
 
 import torch
 
-from ...sites import run_through
+from ...sites import hidden_of, run_through
 from ...training.subject import SubjectBatch
 from ...training.value import request_means
 from ..rome.method import ROME
@@ -35,12 +35,11 @@ class MEMIT(ROME):
                  for i, site in enumerate(self.sites)]
         batch = rows.batch.to(self.model.device)
         try:
-            hidden = run_through(self.model, self.sites[-1].layer, input_ids=batch.input_ids,
-                                 attention_mask=batch.attention_mask)
+            hidden = hidden_of(run_through(self.model, self.sites[-1].layer, input_ids=batch.input_ids,
+                                           attention_mask=batch.attention_mask))
         finally:
             for hook in hooks:
                 hook.remove()
-        hidden = hidden[0] if isinstance(hidden, tuple) else hidden
         index = (torch.arange(rows.positions.numel()), rows.positions)
         return [seen[i][index] for i in range(len(self.sites))], hidden[index]
 
