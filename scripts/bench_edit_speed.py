@@ -6,9 +6,10 @@
 Per method, on the same first ``--edits`` ZsRE requests and a fixed number of steps (no early stop, so both
 loops do the same work): median seconds per edit of the fast loop and of the naive loop (full forward each
 step) and their ratio, and how far their loss curves differ when each edit starts from the same state; then
-the median forward latency of the edited model vs the unedited one on ``--prompts`` unrelated prompts. For MEMOIR also the cost of matching 10,000 stored
-masks against one forward pass on a 32-token prompt. Ratios are measured in one run on the same inputs, so
-they hold on a noisy shared machine where absolute seconds do not.
+the median forward latency of the edited model vs the unedited one on ``--prompts`` unrelated prompts. For
+MEMOIR also the cost of matching 10,000 stored masks against one forward pass on a 32-token prompt. Ratios
+are measured in one run on the same inputs, so they hold on a noisy shared machine where absolute seconds do
+not.
 
 ``--saved DIR ...`` adds the same latency check for edit states saved by a long CLI run (e.g. the
 ``<output_dir>/edits`` of a T=100 run), measuring inference overhead after that many edits.
@@ -35,7 +36,8 @@ DATA = ROOT.parent / "shared" / "data" / "zsre"
 
 def edit_times(hparams: HyperParams, model, tok, requests: list[dict],
                starts: list[dict] | None = None) -> tuple[list[float], list[list[float]], list[dict]]:
-    """Seconds and loss curve of each edit, applied in sequence, and the method's state before each edit.
+    """Seconds and loss curve of each edit, applied in sequence, and (without ``starts``) the method's state
+    before each edit.
 
     With ``starts``, each edit begins from that state instead (loaded untimed): the naive loop then replays
     the fast loop's edits from the very same states, so the two curves differ only by the loop. Chained
@@ -49,7 +51,8 @@ def edit_times(hparams: HyperParams, model, tok, requests: list[dict],
     for i, request in enumerate(requests):
         if starts is not None:
             editor.method.load_state_dict(starts[i])
-        states.append(editor.method.state_dict())
+        else:
+            states.append(editor.method.state_dict())
         t0 = time.perf_counter()
         curves.append(editor.method.apply([request])["losses"])
         times.append(time.perf_counter() - t0)
