@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +21,28 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>")
+
+
+def sentencepiece_tokenizer() -> PreTrainedTokenizerFast:
+    """A BPE tokenizer trained here, set up as Llama-2's ``tokenizer.json`` is: ``▁`` prepended and for spaces.
+
+    Tokenised alone, ``" Zola"`` becomes ``['▁', '▁Zola']`` (the stray ``▁`` of SentencePiece tokenizers).
+    """
+    corpus = ["Who wrote Hamlet? Zola wrote it.", "Where is Kyoto? Kyoto is in Chile.",
+              "The capital of France is Paris.", "nq question: capital of Peru Lima"] * 20
+    backend = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    alphabet = [chr(c) for c in range(32, 127)] + ["▁"]
+    backend.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=250, initial_alphabet=alphabet,
+                                                            special_tokens=["<unk>", "<s>", "</s>"]))
+    backend.pre_tokenizer = None  # as Llama-2's: the normaliser alone places the ▁
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                           special_tokens=[("<s>", backend.token_to_id("<s>"))])
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="</s>")
 
 
 def tiny_llama(seed: int = 0, layers: int = 4, intermediate: int = 128) -> LlamaForCausalLM:

@@ -177,3 +177,22 @@ def test_non_sequential_rome_is_undone_exactly(model, tok, corpus):
     editor = LifelongEditor(rome_hp(corpus, n_iter=5), model=model, tok=tok)
     editor.edit_requests(REQUESTS[:2], sequential_edit=False, progress=False)
     assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("alg", ["ROME", "MEMIT"])
+def test_value_vector_is_clamped_relative_to_the_methods_reference_size(model, tok, corpus, alg):
+    # ROME measures the vector against the edited matrix's output at the subject, MEMIT (compute_z) against
+    # the residual stream there, which is far larger; a tight clamp with a large step makes the limit bind
+    editor = LifelongEditor(rome_hp(corpus, alg, n_prefixes=0, clamp_norm_factor=0.05, edit_lr=5.0, n_iter=5),
+                            model=model, tok=tok)
+    method = editor.method
+    rows, runner, deltas, _ = method.value_vectors(AT_END, len(method.sites) - 1)
+    plain = rows.plain_rows
+    at = (plain, rows.positions[plain])
+    with torch.no_grad():
+        hidden = model(input_ids=rows.batch.input_ids, attention_mask=rows.batch.attention_mask,
+                       output_hidden_states=True).hidden_states[3][at].norm(dim=-1)
+        own = torch.nn.functional.linear(runner.keys[at], method.sites[-1].linear.weight).norm(dim=-1)
+    assert (hidden > 2 * own).all()  # the two sizes really differ
+    expected = 0.05 * (hidden if alg == "MEMIT" else own)
+    assert torch.allclose(deltas.norm(dim=-1), expected, rtol=1e-4)

@@ -127,22 +127,25 @@ def test_resuming_a_different_stream_is_refused(base_dir, tmp_path):
                                          checkpoint_every=1)
 
 
-def _cli(out, hparams_file, *extra):
-    return [sys.executable, str(ROOT / "scripts" / "run_lifelong_editing.py"), "alg_name=MEMOIR", "data=zsre",
+def _cli(out, hparams_file, alg, *extra):
+    return [sys.executable, str(ROOT / "scripts" / "run_lifelong_editing.py"), f"alg_name={alg}", "data=zsre",
             "ds_size=8", f"hparams_file={hparams_file}", f"output_dir={out}", "progress=false",
             "eval_generation=false", f"data_root={DATA}", *extra]
 
 
-def test_a_killed_stream_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(base_dir, tmp_path):
-    hparams_file = tmp_path / "memoir.yaml"
-    hparams_file.write_text(json.dumps({**COMMON, **METHODS["MEMOIR"], "model_name": str(base_dir),
-                                        "n_iter": 40}))
-    straight = subprocess.run(_cli(tmp_path / "straight", hparams_file), capture_output=True, text=True,
+@pytest.mark.parametrize("name", ["MEMOIR", "WISE-Merge"])
+def test_a_killed_stream_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(base_dir, tmp_path, name):
+    # WISE: the resumed run must train on the context prefixes of the uninterrupted one (saved with the state),
+    # not on prefixes generated again by the already edited model
+    hparams_file = tmp_path / "method.yaml"
+    hparams_file.write_text(json.dumps({**COMMON, **METHODS[name], "model_name": str(base_dir), "n_iter": 40}))
+    alg = METHODS[name]["alg_name"]
+    straight = subprocess.run(_cli(tmp_path / "straight", hparams_file, alg), capture_output=True, text=True,
                               cwd=ROOT, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     out = tmp_path / "killed"
-    command = _cli(out, hparams_file, "checkpoint_every=1")
+    command = _cli(out, hparams_file, alg, "checkpoint_every=1")
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     meta, deadline = out / "checkpoint" / "edits.json", time.time() + 300
@@ -172,3 +175,24 @@ def test_a_killed_stream_resumes_from_its_checkpoint_and_ends_as_an_uninterrupte
     assert timing["resumed_edits"] == done and timing["total_seconds"] > timing["edit_seconds"]
     assert timing["eval_seconds"] > 0
     assert len(json.loads((out / "edits" / "edits.json").read_text())["edit_log"]) == 8
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_state_of_the_wrong_shape_is_an_edit_state_error_naming_the_entry(name, base_dir, tmp_path):
+    hp = HyperParams.from_dict({**COMMON, **METHODS[name], "model_name": str(base_dir), "n_iter": 2})
+    editor = LifelongEditor(hp)
+    editor.edit_requests(REQUESTS[:2], progress=False)
+    state = editor.method.state_dict()
+    bad = max((k for k, v in state.items() if v.dim() >= 1 and v.numel() > 1), key=lambda k: state[k].numel())
+    broken = dict(state, **{bad: state[bad][..., :-1].clone()})  # one column short
+    with pytest.raises(EditStateError, match="shape"):
+        LifelongEditor(hp).method.load_state_dict(broken)
+    # and through load_edits, with the file named
+    directory = save_edits(editor, tmp_path / "edits")
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in broken.items()}, str(directory / "edits.safetensors"))
+    with pytest.raises(EditStateError, match=r"edits\.safetensors.*shape"):
+        load_edits(directory)
+    save_file({k: v.contiguous() for k, v in state.items() if k != bad}, str(directory / "edits.safetensors"))
+    with pytest.raises(EditStateError, match=r"has no (entry|'protect_gram')"):
+        load_edits(directory)

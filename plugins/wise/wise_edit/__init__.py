@@ -4,7 +4,8 @@ __version__ = "0.1.0"  # first: modules imported below read it
 
 from .editor import LifelongEditor, make_requests, summarize
 from .hparams import HyperParams, HyperParamsError
-from .persistence import EditStateError, load_edits, save_edits
+from .errors import EditStateError
+from .persistence import load_edits, save_edits
 from .registry import get_method, register_method, registered_methods
 
 __all__ = ["LifelongEditor", "HyperParams", "HyperParamsError", "get_method", "register_method",

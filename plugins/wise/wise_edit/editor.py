@@ -18,7 +18,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .hparams import HyperParams
 from .metrics import generation_exact_match, locality, score_answers
 from .models import load_model, load_tokenizer
-from .persistence import META_FILE, EditStateError, fingerprint, restore, save_edits
+from .errors import EditStateError
+from .persistence import META_FILE, fingerprint, restore, save_edits
 from .registry import get_method
 
 log = logging.getLogger(__name__)
@@ -140,16 +141,14 @@ class LifelongEditor:
         if not requests:
             return []
         return score_answers(self.model, self.tok, [r["locality_prompt"] for r in requests],
-                             [r["locality_ground_truth"] for r in requests],
-                             max_length=self.hparams.max_length).predictions
+                             [r["locality_ground_truth"] for r in requests]).predictions
 
     def score(self, requests: list[dict[str, Any]], loc_before: list[torch.Tensor | None],
               rel_metric: str = "accuracy", eval_generation: bool = False) -> list[dict[str, Any]]:
         """Per-request metrics on the current model (``loc_before``: locality argmax tokens before editing)."""
         prompts = [r["prompt"] for r in requests]
         targets = [r["target_new"] for r in requests]
-        max_length = self.hparams.max_length
-        rel = score_answers(self.model, self.tok, prompts, targets, max_length=max_length)
+        rel = score_answers(self.model, self.tok, prompts, targets)
         results = [{"case_id": r.get("case_id", i), "prompt": r["prompt"], "target_new": r["target_new"],
                     "rewrite_acc": acc} for i, (r, acc) in enumerate(zip(requests, rel.accuracy))]
         if rel_metric == "perplexity":
@@ -158,7 +157,7 @@ class LifelongEditor:
         with_reph = [i for i, r in enumerate(requests) if r.get("rephrase_prompt")]
         if with_reph:
             gen = score_answers(self.model, self.tok, [requests[i]["rephrase_prompt"] for i in with_reph],
-                                [targets[i] for i in with_reph], max_length=max_length)
+                                [targets[i] for i in with_reph])
             for i, acc in zip(with_reph, gen.accuracy):
                 results[i]["rephrase_acc"] = acc
         with_loc = [i for i, before in enumerate(loc_before) if before is not None]
@@ -167,8 +166,7 @@ class LifelongEditor:
             for i, value in zip(with_loc, locality([loc_before[i] for i in with_loc], after)):
                 results[i]["locality"] = value
         if eval_generation:
-            for res, em in zip(results, generation_exact_match(self.model, self.tok, prompts, targets,
-                                                               max_length=max_length)):
+            for res, em in zip(results, generation_exact_match(self.model, self.tok, prompts, targets)):
                 res["generate_exact_match"] = em
         return results
 

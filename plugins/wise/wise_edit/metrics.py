@@ -61,11 +61,11 @@ def _score_batch(model: PreTrainedModel, batch: TokenBatch) -> AnswerScores:
 
 
 def score_answers(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], answers: list[str],
-                  batch_size: int = 16, max_length: int | None = None) -> AnswerScores:
-    """Teacher-forced predictions for each (prompt, answer) pair."""
+                  batch_size: int = 16) -> AnswerScores:
+    """Teacher-forced predictions for each (prompt, answer) pair; every token is fed, none is cut."""
     out = AnswerScores([], [], [])
     for start in range(0, len(prompts), batch_size):
-        part = encode_batch(tok, prompts[start:start + batch_size], answers[start:start + batch_size], max_length)
+        part = encode_batch(tok, prompts[start:start + batch_size], answers[start:start + batch_size])
         scores = _score_batch(model, part)
         out.predictions += scores.predictions
         out.targets += scores.targets
@@ -80,11 +80,11 @@ def locality(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[floa
 
 @torch.no_grad()
 def generation_exact_match(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
-                           answers: list[str], batch_size: int = 16, max_length: int | None = None) -> list[float]:
+                           answers: list[str], batch_size: int = 16) -> list[float]:
     """1.0 where greedy ``generate`` (KV cache on) reproduces every answer token, else 0.0."""
     scores: list[float] = []
     for start in range(0, len(prompts), batch_size):
-        pairs = [encode_pair(tok, p, a, max_length) for p, a in
+        pairs = [encode_pair(tok, p, a) for p, a in
                  zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
         batch = pad_pairs([(p, []) for p, _ in pairs], tok.pad_token_id, side="left").to(model.device)
         steps = max(len(t) for _, t in pairs)

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .errors import EditStateError
 from .hparams import HyperParams
 from .results import code_version
 from .sites import resolve_site
@@ -27,10 +28,6 @@ if TYPE_CHECKING:
     from .editor import LifelongEditor
 
 STATE_FILE, META_FILE = "edits.safetensors", "edits.json"
-
-
-class EditStateError(ValueError):
-    """Saved edits do not fit this base model, or the directory is not a saved edit state."""
 
 
 def fingerprint(model: PreTrainedModel, inner_params: list[str]) -> dict[str, dict[str, Any]]:
@@ -53,6 +50,7 @@ def save_edits(editor: "LifelongEditor", directory: str | Path, extra: dict[str,
     save_file(state, str(tmp / STATE_FILE))
     meta = {"alg_name": editor.hparams.alg_name, "hparams": editor.hparams.to_dict(),
             "base_fingerprint": editor.base_fingerprint, "edit_log": editor.edit_log,
+            "method_state": editor.method.extra_state(),
             "code_version": code_version(), **(extra or {})}
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
     if directory.exists():
@@ -75,6 +73,7 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 def restore(editor: "LifelongEditor", directory: str | Path) -> dict[str, Any]:
     """Put the state saved in ``directory`` into ``editor`` (whose model must be the unedited base)."""
+    directory = Path(directory)
     meta = read_meta(directory)
     if meta["alg_name"] != editor.hparams.alg_name:
         raise EditStateError(f"{directory} holds {meta['alg_name']} edits, this editor runs {editor.hparams.alg_name}")
@@ -90,7 +89,15 @@ def restore(editor: "LifelongEditor", directory: str | Path) -> dict[str, Any]:
             raise EditStateError(f"{directory}: {path} differs from the base the edits were made on "
                                  "(a different or already edited model)")
     device = editor.model.device
-    editor.method.load_state_dict({k: v.to(device) for k, v in load_file(str(Path(directory) / STATE_FILE)).items()})
+    state = {k: v.to(device) for k, v in load_file(str(Path(directory) / STATE_FILE)).items()}
+    try:
+        editor.method.load_state_dict(state)
+    except KeyError as missing:
+        raise EditStateError(f"{directory / STATE_FILE}: the saved {editor.hparams.alg_name} state has no "
+                             f"entry {missing}") from None
+    except EditStateError as exc:
+        raise EditStateError(f"{directory / STATE_FILE}: {exc}") from None
+    editor.method.load_extra_state(meta.get("method_state", {}))
     editor.edit_log = list(meta["edit_log"])
     return meta
 

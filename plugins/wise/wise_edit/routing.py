@@ -3,7 +3,7 @@
 A memory-based editor (WISE, MEMOIR, ...) keeps the original linear map and adds a memory that answers only
 for inputs it recognises. The decision is taken once per sequence, on its *query* tokens (the prompt), and is
 kept for every later decoding step, so teacher-forced scoring, a plain ``model(...)`` call and
-``model.generate`` with a KV cache treat the same prompt identically. Each row of a padded batch is decided on
+``model.generate`` with or without a KV cache treat the same prompt identically. Each row of a padded batch is decided on
 its own, padding ignored.
 
 - :func:`query_span` tells the wrapped layers how many leading tokens of each row are the query (scoring code
@@ -57,20 +57,23 @@ class Memory(Protocol):
         """(B, S, d_out) added to the original output; rows routed to ``MAIN`` must get exact zeros."""
 
 
-@dataclass
-class _CallState:
-    attention_mask: torch.Tensor | None = None
-    prefill: bool = True
-
-
 class RoutedLinear(nn.Module):
-    """The original linear map plus a routed memory; with no memory answering, output is bit-identical."""
+    """The original linear map plus a routed memory; with no memory answering, output is bit-identical.
+
+    A decision is made for one sequence and lives only as long as it: every call of the decoder starts afresh
+    (including calls that bypass the model's own ``forward``, such as :func:`wise_edit.sites.run_through`),
+    except a call that continues the previous one -- a decoding step with a KV cache, or, without a cache,
+    the previous call's tokens plus one (``generate(..., use_cache=False)`` re-feeds the whole sequence, and
+    the decision must stay the prompt's). A call of the layer outside any decoder call decides on its own keys.
+    """
 
     def __init__(self, base: nn.Linear, memory: Memory):
         super().__init__()
         self.base = base
         self.memory = memory
-        self._state = _CallState()
+        self._attention_mask: torch.Tensor | None = None
+        self._in_call = False
+        self._previous_ids: torch.Tensor | None = None
         self._route: torch.Tensor | None = None
 
     @property
@@ -78,24 +81,31 @@ class RoutedLinear(nn.Module):
         """The original matrix, so code that reads ``<inner_params path>.weight`` keeps working."""
         return self.base.weight
 
-    def watch(self, model: nn.Module) -> None:
-        """Observe the model's calls to learn each call's padding and whether it starts a new sequence."""
-        model.register_forward_pre_hook(self._observe_call, with_kwargs=True)
+    def watch(self, decoder: nn.Module) -> None:
+        """Observe ``decoder``'s calls to learn each call's padding and whether it continues the previous one."""
+        decoder.register_forward_pre_hook(self._start_call, with_kwargs=True)
+        decoder.register_forward_hook(self._end_call)
 
-    def _observe_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _start_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
-        seen = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
-        self._state = _CallState(attention_mask=kwargs.get("attention_mask"), prefill=seen == 0)
+        cached = cache.get_seq_length() if cache is not None and hasattr(cache, "get_seq_length") else 0
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        previous, self._previous_ids = self._previous_ids, ids
+        if not (cached > 0 or _extends_by_one(previous, ids)):
+            self._route = None
+        self._attention_mask = kwargs.get("attention_mask")
+        self._in_call = True
+
+    def _end_call(self, module: nn.Module, args: tuple, out: object) -> None:
+        self._in_call = False
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         out = self.base(keys)
-        state = self._state
-        if state.prefill or self._route is None or self._route.shape[0] != keys.shape[0]:
-            mask = state.attention_mask
+        if not self._in_call or self._route is None or self._route.shape[0] != keys.shape[0]:
+            mask = self._attention_mask if self._in_call else None
             if mask is None or mask.shape != keys.shape[:2]:
                 mask = torch.ones(keys.shape[:2], dtype=torch.long, device=keys.device)
             self._route = self.memory.route(keys, query_mask(mask, _QUERY_LENGTHS.get()))
-            state.prefill = False  # a later call without the hook (decoding) keeps this decision
         if bool((self._route == MAIN).all()):
             return out
         return out + self.memory.delta(keys, self._route)
@@ -104,3 +114,9 @@ class RoutedLinear(nn.Module):
     def last_route(self) -> torch.Tensor | None:
         """Per-row decision of the last call (for tests and diagnostics)."""
         return self._route
+
+
+def _extends_by_one(previous: torch.Tensor | None, ids: torch.Tensor | None) -> bool:
+    """``ids`` is ``previous`` with one more token per row (a decoding step that re-feeds the sequence)."""
+    return (previous is not None and ids is not None and ids.dim() == 2 and previous.shape[0] == ids.shape[0]
+            and ids.shape[1] == previous.shape[1] + 1 and bool((ids[:, :-1] == previous).all()))

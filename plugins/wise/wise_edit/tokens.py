@@ -1,16 +1,26 @@
 """Tokenising prompt/target pairs and padding batches, shared by the metrics and the training batches.
 
-Prompt and target are tokenised separately and concatenated, so the split between them is exact (no
-guessing where the prompt ends in a re-tokenised string), and padding is done here, explicitly, on the side
-each use needs: right for teacher forcing, left for generation.
+A pair is tokenised as the framework scores it: the joined text ``prompt + " " + target`` in one call, split
+where the target's characters begin (character offsets). Tokenising ``" " + target`` on its own instead would
+give SentencePiece tokenizers (Llama-2, Mistral) a stray ``▁`` token in front of every target. Padding is done
+here, explicitly, on the side each use needs: right for teacher forcing, left for generation.
+
+Scoring never truncates. Training may cap a row at ``max_length`` tokens (:func:`cap_length`), and says so.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+class TokenizationError(ValueError):
+    """A prompt/target pair cannot be split into prompt tokens and target tokens."""
 
 
 @dataclass
@@ -25,15 +35,40 @@ class TokenBatch:
                                                    self.query_lengths)))
 
 
-def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str | None, max_length: int | None = None
-                ) -> tuple[list[int], list[int]]:
-    """Token ids of ``prompt`` and of ``" " + target`` (the framework's join), prompt cut from the left."""
-    prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"]
-    target_ids = tok(" " + target, add_special_tokens=False)["input_ids"] if target else []
-    if max_length is not None and len(prompt_ids) + len(target_ids) > max_length:
-        keep = max(max_length - len(target_ids), 1)
-        prompt_ids = prompt_ids[-keep:]
-    return prompt_ids, target_ids
+def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str | None) -> tuple[list[int], list[int]]:
+    """Token ids of ``prompt`` and of its answer, from one tokenisation of ``prompt + " " + target``.
+
+    The target's tokens are those that cover any of its characters (the joining space included); a token that
+    spans the boundary counts as the target's, so every target character is scored.
+    """
+    if not target:
+        return tok(prompt, add_special_tokens=True)["input_ids"], []
+    text = prompt + " " + target
+    if not tok.is_fast:  # no offsets: the prompt's own tokens must be a prefix of the joined text's
+        ids = tok(text, add_special_tokens=True)["input_ids"]
+        prompt_ids = tok(prompt, add_special_tokens=True)["input_ids"]
+        if ids[:len(prompt_ids)] != prompt_ids:
+            raise TokenizationError(f"cannot split {text!r} into prompt and target tokens with a slow tokenizer "
+                                    "(the prompt's tokens change when the target follows); use a fast tokenizer")
+        return prompt_ids, ids[len(prompt_ids):]
+    enc = tok(text, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    ids, offsets, special = enc["input_ids"], enc["offset_mapping"], enc["special_tokens_mask"]
+    split = next((i for i, ((_, end), sp) in enumerate(zip(offsets, special)) if end > len(prompt) and not sp),
+                 None)
+    if split is None:
+        raise TokenizationError(f"the target {target!r} produced no tokens after the prompt {prompt!r}")
+    return ids[:split], [i for i, sp in zip(ids[split:], special[split:]) if not sp]
+
+
+def cap_length(prompt_ids: list[int], target_ids: list[int], max_length: int, where: str
+               ) -> tuple[list[int], list[int]]:
+    """A training row cut to ``max_length`` tokens from the prompt's left, with a warning naming ``where``."""
+    if len(prompt_ids) + len(target_ids) <= max_length:
+        return prompt_ids, target_ids
+    keep = max(max_length - len(target_ids), 1)
+    log.warning("%s: training row of %d tokens cut to its last %d prompt tokens + %d target tokens "
+                "(max_length=%d)", where, len(prompt_ids) + len(target_ids), keep, len(target_ids), max_length)
+    return prompt_ids[-keep:], target_ids
 
 
 def pad_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int, side: str = "right") -> TokenBatch:
@@ -61,6 +96,6 @@ def pad_pairs(pairs: list[tuple[list[int], list[int]]], pad_id: int, side: str =
 
 
 def encode_batch(tok: PreTrainedTokenizerBase, prompts: list[str], targets: list[str | None],
-                 max_length: int | None = None, side: str = "right") -> TokenBatch:
-    pairs = [encode_pair(tok, p, t, max_length) for p, t in zip(prompts, targets)]
-    return pad_pairs(pairs, tok.pad_token_id, side)
+                 side: str = "right") -> TokenBatch:
+    """Whole prompt/target pairs, padded (nothing is cut: scoring sees every token)."""
+    return pad_pairs([encode_pair(tok, p, t) for p, t in zip(prompts, targets)], tok.pad_token_id, side)

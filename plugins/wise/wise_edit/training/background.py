@@ -16,7 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..models import cache_dir
 from ..routing import query_mask
 from ..sites import EditSite, run_through
-from ..tokens import encode_batch
+from ..tokens import cap_length, encode_pair, pad_pairs
 from .batch import generate_prefixes
 
 
@@ -42,7 +42,9 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
     try:
         for start in range(0, len(prompts), batch_size):
             part = prompts[start:start + batch_size]
-            batch = encode_batch(tok, part, [None] * len(part), max_length).to(model.device)
+            pairs = [cap_length(*encode_pair(tok, p, None), max_length, f"background text {start + i}")
+                     for i, p in enumerate(part)]
+            batch = pad_pairs(pairs, tok.pad_token_id).to(model.device)
             captured.clear()
             run_through(model, site.layer, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
             weights = query_mask(batch.attention_mask, None).to(captured[0].dtype)

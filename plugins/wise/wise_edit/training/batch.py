@@ -6,12 +6,15 @@ few seed words (greedy, so the same model always gets the same prefixes).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..tokens import TokenBatch, encode_pair, pad_pairs
+from ..tokens import TokenBatch, cap_length, encode_pair, pad_pairs
+
+log = logging.getLogger(__name__)
 
 #: two-word openers: this small instruct model answers a lone word with hyphenated junk
 SEED_WORDS = ("The city", "Therefore, we", "Because of", "I think", "You can", "However, the", "In the",
@@ -43,16 +46,21 @@ def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], pre
     """
     pairs, irrelevant = [], []
     for request in requests:
+        where = f"request {request.get('case_id', '?')}"
         for prefix in ["", *prefixes]:
-            pairs.append(encode_pair(tok, prefix + request["prompt"], request["target_new"], max_length))
+            pairs.append(cap_length(*encode_pair(tok, prefix + request["prompt"], request["target_new"]),
+                                    max_length, where))
             irrelevant.append(False)
     if include_loc:
         for request in requests:
             if not request.get("loc_prompt"):
                 raise ValueError(f"request {request.get('case_id', '?')}: this method needs a 'loc_prompt' "
                                  "(an irrelevant text) for its training batch")
-            ids = tok(request["loc_prompt"], add_special_tokens=True)["input_ids"][:max_length]
-            pairs.append((ids, []))
+            ids = tok(request["loc_prompt"], add_special_tokens=True)["input_ids"]
+            if len(ids) > max_length:
+                log.warning("request %s: irrelevant training text of %d tokens cut to its first %d (max_length)",
+                            request.get("case_id", "?"), len(ids), max_length)
+            pairs.append((ids[:max_length], []))
             irrelevant.append(True)
     return pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(irrelevant)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import EditStateError, check_shape
+
 STATE_KEY = "protect_gram"
 
 
@@ -48,6 +50,7 @@ class KeyProtection:
         if self.gram is None:
             return
         if STATE_KEY not in state:
-            raise ValueError(f"these hparams protect earlier edits (protect > 0) but the saved state has no "
+            raise EditStateError(f"these hparams protect earlier edits (protect > 0) but the saved state has no "
                              f"'{STATE_KEY}'; load it with the hparams it was saved with")
+        check_shape("protection key moment", state[STATE_KEY], self.gram.shape)
         self.gram = state[STATE_KEY].clone().to(self.gram.device)

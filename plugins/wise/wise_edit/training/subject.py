@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..tokens import TokenBatch, pad_pairs
+from ..tokens import TokenBatch, cap_length, encode_pair, pad_pairs
 
 
 @dataclass
@@ -49,13 +49,12 @@ def subject_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], 
             raise ValueError(f"{where}: this method needs the field 'subject'")
         for prefix in ["", *prefixes]:
             text = prefix + request["prompt"]
-            prompt_ids = tok(text, add_special_tokens=True)["input_ids"]
-            target_ids = tok(" " + request["target_new"], add_special_tokens=False)["input_ids"]
-            cut = max(len(prompt_ids) + len(target_ids) - max_length, 0)
-            end = _subject_end(tok, text, subject, where) - cut
+            full_ids, target_ids = encode_pair(tok, text, request["target_new"])
+            prompt_ids, target_ids = cap_length(full_ids, target_ids, max_length, where)
+            end = _subject_end(tok, text, subject, where) - (len(full_ids) - len(prompt_ids))
             if end < 1:
                 raise ValueError(f"{where}: the subject falls outside max_length={max_length} tokens")
-            pairs.append((prompt_ids[cut:], target_ids))
+            pairs.append((prompt_ids, target_ids))
             positions.append(end - 1)
             owner.append(index)
             is_kl.append(False)

@@ -2,7 +2,8 @@
 
 ROME and MEMIT write this vector into the weights in closed form afterwards. The loss is the target's
 cross-entropy, plus a KL term that keeps the "{subject} is a" distribution where it was, plus a weight decay
-relative to the original output's size; the vector's norm is clamped to ``clamp_norm_factor`` times it.
+relative to a reference size; the vector's norm is clamped to ``clamp_norm_factor`` times that size. The size is
+the caller's: ROME's is the edited matrix's own output at the subject, MEMIT's the residual stream there.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ def subject_outputs(runner: SiteRunner, rows: SubjectBatch) -> torch.Tensor:
     return F.linear(keys, runner.site.linear.weight)
 
 
-def optimise_values(runner: SiteRunner, rows: SubjectBatch, n_requests: int, *, n_iter: int, lr: float,
-                    optimizer: str, kl_factor: float, weight_decay: float, clamp_norm_factor: float,
+def optimise_values(runner: SiteRunner, rows: SubjectBatch, n_requests: int, scale: torch.Tensor, *, n_iter: int,
+                    lr: float, optimizer: str, kl_factor: float, weight_decay: float, clamp_norm_factor: float,
                     grad_clip: float | None, stop_loss: float | None) -> tuple[torch.Tensor, list[float]]:
-    """One vector per request (R, d_out) and the loss curve; requests do not interact (each row gets its own)."""
+    """One vector per request (R, d_out) and the loss curve; requests do not interact (each row gets its own).
+
+    ``scale`` (R,) is each request's reference size for the weight decay and the norm clamp.
+    """
     weight = runner.site.linear.weight
     device = weight.device
     owner = rows.request.to(device)
     at_subject = torch.zeros(runner.keys.shape[:2], dtype=weight.dtype, device=device)
     at_subject[torch.arange(owner.numel(), device=device), rows.positions.to(device)] = 1
-    scale = subject_outputs(runner, rows)[rows.plain_rows.to(device)].norm(dim=-1)  # (R,)
     delta = torch.zeros(n_requests, weight.shape[0], device=device, requires_grad=True)
 
     def ffn(keys: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...errors import check_shape
 from ...routing import MAIN
 
 
@@ -69,9 +70,11 @@ class Codebook:
                 "answers": self.answers.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["keys"].shape[1:] != self.keys.shape[1:] or state["values"].shape[1:] != self.values.shape[1:]:
-            raise ValueError(f"saved codebook has keys/values of width {state['keys'].shape[1]}/"
-                             f"{state['values'].shape[1]}, this layer {self.keys.shape[1]}/{self.values.shape[1]}")
+        n = state["keys"].shape[0]
+        for name, width in (("keys", self.keys.shape[1:]), ("values", self.values.shape[1:])):
+            check_shape(f"GRACE codebook {name}", state[name], (n, *width))
+        for name in ("radii", "answers"):
+            check_shape(f"GRACE codebook {name}", state[name], (n,))
         device = self.keys.device
         self.keys, self.values, self.radii, self.answers = (state[k].clone().to(device)
                                                             for k in ("keys", "values", "radii", "answers"))

@@ -5,6 +5,7 @@ from typing import Any
 import torch
 
 from ...sites import hidden_of, run_through
+from ...training.runner import SiteRunner
 from ...training.subject import SubjectBatch
 from ...training.value import request_means
 from ..rome.method import ROME
@@ -42,6 +43,11 @@ class MEMIT(ROME):
                 hook.remove()
         index = (torch.arange(rows.positions.numel()), rows.positions)
         return [seen[i][index] for i in range(len(self.sites))], hidden[index]
+
+    def value_scale(self, runner: SiteRunner, rows: SubjectBatch) -> torch.Tensor:
+        """(R,) the residual stream's norm at the subject after the top layer, as MEMIT's target vector."""
+        _, hidden = self._read(rows)
+        return hidden[rows.plain_rows].norm(dim=-1).to(runner.keys.device)
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams

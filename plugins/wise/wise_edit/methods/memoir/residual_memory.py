@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from ...errors import EditStateError, check_shape
 from ...routing import MAIN
 from ...training.protection import KeyProtection
 from .mask_db import MaskDatabase
@@ -34,7 +35,8 @@ class ResidualMemory:
         return route
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
-        assert self._masks is not None
+        if self._masks is None:
+            raise EditStateError("MEMOIR residual memory: delta() called before route() chose the stored masks")
         gate = self._masks & (route != MAIN)[:, None]
         return (keys * gate[:, None, :].to(keys.dtype)) @ self.weight.T
 
@@ -44,9 +46,10 @@ class ResidualMemory:
         return {**state, **self.protection.state_dict()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["weight"].shape != self.weight.shape:
-            raise ValueError(f"saved residual memory has shape {tuple(state['weight'].shape)}, this layer "
-                             f"{tuple(self.weight.shape)}")
+        check_shape("MEMOIR residual memory", state["weight"], self.weight.shape)
+        check_shape("MEMOIR mask database", state["masks"], (state["masks"].shape[0], self.db.words.shape[1]))
+        for name, tensor in (("permutation", self.hash.permutation), ("background", self.hash.background)):
+            check_shape(f"MEMOIR TopHash {name}", state[name], tensor.shape)
         self.weight = state["weight"].clone().to(self.weight.device)
         self.db.words = state["masks"].clone().to(self.weight.device)
         self.hash.permutation = state["permutation"].clone().to(self.weight.device)

@@ -4,10 +4,11 @@ from typing import Any
 
 import torch
 
+from ...errors import check_shape
 from ...training.covariance import key_second_moment
 from ...training.runner import SiteRunner
 from ...training.subject import SubjectBatch, subject_batch
-from ...training.value import optimise_values, request_means
+from ...training.value import optimise_values, request_means, subject_outputs
 from ..base import EditMethod
 from .config import ROMEHyperParams
 
@@ -38,11 +39,16 @@ class ROME(EditMethod):
         hp = self.hparams
         rows = subject_batch(self.tok, requests, self.prefixes, hp.max_length, hp.kl_template)
         runner = self.runner(rows.batch, self.sites[site_index])
-        deltas, losses = optimise_values(runner, rows, len(requests), n_iter=hp.n_iter, lr=hp.edit_lr,
+        deltas, losses = optimise_values(runner, rows, len(requests), self.value_scale(runner, rows),
+                                         n_iter=hp.n_iter, lr=hp.edit_lr,
                                          optimizer=hp.optimizer, kl_factor=hp.kl_factor,
                                          weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
                                          grad_clip=hp.grad_clip, stop_loss=hp.stop_loss)
         return rows, runner, deltas, losses
+
+    def value_scale(self, runner: SiteRunner, rows: SubjectBatch) -> torch.Tensor:
+        """(R,) size the value vectors are measured against: the edited matrix's output at the subject (ROME)."""
+        return subject_outputs(runner, rows)[rows.plain_rows.to(runner.keys.device)].norm(dim=-1)
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         losses: list[float] = []
@@ -64,7 +70,5 @@ class ROME(EditMethod):
         with torch.no_grad():
             for site in self.sites:
                 saved = state[site.module_path]
-                if saved.shape != site.linear.weight.shape:
-                    raise ValueError(f"saved {site.module_path} has shape {tuple(saved.shape)}, this model "
-                                     f"{tuple(site.linear.weight.shape)}")
+                check_shape(site.module_path, saved, site.linear.weight.shape)
                 site.linear.weight.copy_(saved)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ...errors import EditStateError, check_shape
 from ...routing import MAIN
 from .router import activation_scores, select, threshold
 
@@ -60,8 +61,12 @@ class SideMemory:
         self._changes = torch.stack(changes) if changes else None
 
     def change(self, index: int) -> torch.Tensor:
-        assert self._changes is not None
-        return self._changes[index]
+        return self._cached()[index]
+
+    def _cached(self) -> torch.Tensor:
+        if self._changes is None:
+            raise EditStateError("WISE side memory: no memory is open (open() one before editing or routing)")
+        return self._changes
 
     def calibrate(self, index: int) -> None:
         """Threshold of memory ``index`` from what it does *now* for every edit it holds."""
@@ -85,13 +90,13 @@ class SideMemory:
         return select(scores, limits)
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
-        assert self._changes is not None
+        changes = self._cached()
         out = keys.new_zeros(*keys.shape[:-1], self.shape[0])
         read = self.read(keys)
         for index in route.unique().tolist():
             if index != MAIN:
                 rows = route == index
-                out[rows] = read[rows] @ self._changes[index].T
+                out[rows] = read[rows] @ changes[index].T
         return out
 
     # --- state -----------------------------------------------------------------------------------------
@@ -112,6 +117,13 @@ class SideMemory:
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, tensor in state.items():
+            if name == "center":
+                check_shape("WISE background key", tensor, self.shape[1:])
+            elif name == "live" or name.endswith(".merged") or ".pending." in name:
+                check_shape(f"WISE {name}", tensor, self.shape)
+            elif ".edit_keys." in name:
+                check_shape(f"WISE {name}", tensor, (tensor.shape[0], self.shape[1]))
         self.memories = []
         self.center = state["center"].clone().to(self.device)
         for m in range(int(state["num_memories"])):
