@@ -196,3 +196,19 @@ def test_value_vector_is_clamped_relative_to_the_methods_reference_size(model, t
     assert (hidden > 2 * own).all()  # the two sizes really differ
     expected = 0.05 * (hidden if alg == "MEMIT" else own)
     assert torch.allclose(deltas.norm(dim=-1), expected, rtol=1e-4)
+
+
+def test_rome_without_mom2_adjustment_updates_along_the_key_and_reads_no_corpus(model, tok, tmp_path, monkeypatch):
+    monkeypatch.setenv("WISE_EDIT_CACHE", str(tmp_path / "cache"))
+    editor = LifelongEditor(rome_hp(tmp_path / "no-such-corpus.txt", n_prefixes=0, mom2_adjustment=False),
+                            model=model, tok=tok)
+    before = editor.method.site.linear.weight.clone()
+    editor.edit_requests(AT_END[:1], progress=False)
+    update = editor.method.site.linear.weight - before
+    rows = editor.method.value_vectors(AT_END[:1], 0)[1]
+    plain = subject_batch(tok, AT_END[:1], [], 64).positions[0]
+    key = rows.keys[0, plain]
+    assert torch.linalg.matrix_rank(update, rtol=1e-4) == 1
+    other = torch.randn(key.shape[0])
+    other -= (other @ key) / (key @ key) * key  # orthogonal to the subject's key: untouched
+    assert (update @ other).abs().max() < 1e-5 * update.abs().max() * other.norm()

@@ -22,6 +22,9 @@ class ROMEHyperParams(TrainedEditHyperParams):
     kl_template: str = "{} is a"
     v_weight_decay: float = 1e-3
     clamp_norm_factor: float = 4.0
+    #: spread the update along C⁻¹k (the ROME/MEMIT papers); false: C = I, the update lies along k itself and
+    #: no corpus is read (EasyEdit's llama-7b ROME file)
+    mom2_adjustment: bool = True
     #: local text corpus for the key second moment C (relative paths: from the working directory)
     mom2_dataset: str = "../shared/data/wikitext/wiki.test.raw"
     mom2_n_tokens: int = 100_000

@@ -23,11 +23,16 @@ class ROME(EditMethod):
         self._moments: list[torch.Tensor] | None = None
 
     def moments(self) -> list[torch.Tensor]:
-        """The key second moment of every edited matrix (computed or read from the cache on first use)."""
+        """The key second moment of every edited matrix (computed or read from the cache on first use; the
+        identity with ``mom2_adjustment: false``)."""
         if self._moments is None:
             hp = self.hparams
-            self._moments = key_second_moment(self.model, self.tok, self.sites, hp.corpus, hp.mom2_n_tokens,
-                                              hp.mom2_seq_length)
+            if hp.mom2_adjustment:
+                self._moments = key_second_moment(self.model, self.tok, self.sites, hp.corpus, hp.mom2_n_tokens,
+                                                  hp.mom2_seq_length)
+            else:
+                self._moments = [torch.eye(s.linear.weight.shape[1], device=s.linear.weight.device)
+                                 for s in self.sites]
         return self._moments
 
     def prepare(self, requests: list[dict[str, Any]]) -> None:
