@@ -28,7 +28,7 @@ def _project_path(value: str) -> Path:
 
 def run(cfg: DictConfig) -> dict:
     from wise_edit import HyperParams, LifelongEditor
-    from wise_edit.data import load_dataset
+    from wise_edit.data import load_dataset, load_probes
     from wise_edit.models import resolve_model_path
     from wise_edit.persistence import save_edits
     from wise_edit.results import code_version, markdown_table, write_json
@@ -42,6 +42,10 @@ def run(cfg: DictConfig) -> dict:
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
     dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path)
+    probes = None
+    if cfg.nloc and cfg.sequential_edit and cfg.data.get("nloc_path"):
+        probes = load_probes(cfg.data.name, _project_path(cfg.data.nloc_path), tuple(cfg.data.nloc_records),
+                             edit_path=data_path)
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
         cfg.output_dir)
     editor = LifelongEditor.from_hparams(hparams)
@@ -49,7 +53,8 @@ def run(cfg: DictConfig) -> dict:
     run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
                                    rel_metric=dataset.format.rel_metric, rephrase_name=dataset.format.rephrase_name,
                                    eval_generation=cfg.eval_generation, progress=cfg.progress,
-                                   checkpoint_dir=checkpoint, checkpoint_every=cfg.checkpoint_every)
+                                   checkpoint_dir=checkpoint, checkpoint_every=cfg.checkpoint_every,
+                                   neighbourhood=(probes.prompts, probes.answers) if probes else None)
     run_out["timing"]["wall_seconds"] = time.perf_counter() - start
     if cfg.save_edits and cfg.sequential_edit:
         save_edits(editor, output_dir / "edits")
@@ -58,11 +63,12 @@ def run(cfg: DictConfig) -> dict:
         "alg_name": hparams.alg_name,
         "sequential_edit": cfg.sequential_edit,
         "requests": run_out["requests"],
+        **({"neighbourhood": run_out["neighbourhood"]} if "neighbourhood" in run_out else {}),
         "config": {"run": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams.to_dict(),
                    "hparams_file": str(hparams_file)},
         "code_version": code_version(),
         "model": {"name": hparams.model_name, "path": resolve_model_path(hparams.model_name)},
-        "data": dataset.describe(),
+        "data": {**dataset.describe(), **({"nloc_probes": probes.description} if probes else {})},
         "timing": run_out["timing"],
     }
     path = write_json(output_dir / "results.json", payload)

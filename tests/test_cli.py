@@ -40,7 +40,15 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
     for name, key in [("rel", "rewrite_acc"), ("gen", "rephrase_acc"), ("loc", "locality"),
                       ("gen_em", "generate_exact_match")]:
         assert result["summary"][name] == pytest.approx(statistics.fmean(r[key] for r in result["requests"]))
-    assert "| FT-L | 3 |" in capsys.readouterr().out
+    # neighbourhood locality: the 100 reserved probes of the train file, recorded with the data
+    probes = result["data"]["nloc_probes"]
+    assert probes["records"] == [500, 600] and probes["n"] == 100 and probes["fields"] == ["src", "answers"]
+    assert probes["path"].endswith("zsre_mend_train_1k.json") and len(result["neighbourhood"]) == 100
+    assert result["neighbourhood"][0]["prompt"] == "Where did Olav Gurvin study or work?"
+    assert result["neighbourhood"][0]["answer"] == "University of Oslo"
+    assert result["summary"]["nloc"] == pytest.approx(statistics.fmean(p["nloc"] for p in result["neighbourhood"]))
+    table = capsys.readouterr().out
+    assert "| FT-L | 3 |" in table and "nloc" in table
 
 
 def test_hparams_overrides_become_add_or_set():

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from wise_edit.data import DataError, load_dataset
+from wise_edit.data import DataError, load_dataset, load_probes
 
 from conftest import DATA
 
@@ -83,3 +83,21 @@ def test_empty_locality_answer_means_no_probe_and_is_listed():
                       DATA / "hallucination/hallucination-train.json")
     assert ds.describe()["records_without_locality_probe"] == [86, 90]
     assert "locality_prompt" not in ds.requests[86] and "locality_prompt" in ds.requests[85]
+
+
+def test_neighbourhood_probes_of_the_three_benchmarks():
+    zsre = load_probes("zsre", DATA / "zsre" / "zsre_mend_train_1k.json", (500, 600),
+                       edit_path=DATA / "zsre" / "zsre_mend_edit.json")
+    assert len(zsre.prompts) == 100 and zsre.answers[0] == "University of Oslo"  # answers[0] of a list field
+    temporal = load_probes("temporal", DATA / "temporal" / "temporal-train.json", (0, 75),
+                           edit_path=DATA / "temporal" / "temporal-edit.json")
+    # train records whose prompt the edit file also edits are no neighbours; the description names them
+    left_out = temporal.description["left_out_as_edited"]
+    edited = {r["prompt"] for r in json.loads((DATA / "temporal" / "temporal-edit.json").read_text())}
+    train = json.loads((DATA / "temporal" / "temporal-train.json").read_text())
+    assert left_out == [i for i in range(75) if train[i]["prompt"] in edited] and len(left_out) == 2
+    assert len(temporal.prompts) == 73 and not edited & set(temporal.prompts)
+    hallucination = load_probes("hallucination", DATA / "hallucination" / "hallucination-train.json", (0, 100))
+    assert len(hallucination.prompts) == 100 and hallucination.description["sha256"]
+    with pytest.raises(DataError, match=r"probe records \[300, 400\) are outside its 306 records"):
+        load_probes("hallucination", DATA / "hallucination" / "hallucination-train.json", (300, 400))

@@ -74,3 +74,26 @@ def test_locality_is_measured_against_pre_edit_tokens(model, tok, requests_):
     assert run["summary"]["loc"] < 1.0
     assert all(0.0 <= r["locality"] <= 1.0 for r in run["requests"])
     assert run["summary"]["rel"] == pytest.approx(sum(r["rewrite_acc"] for r in run["requests"]) / 4)
+
+
+def test_neighbourhood_locality_compares_unedited_questions_before_and_after_the_stream(model, tok, requests_):
+    neighbours = (["Who wrote Emma?", "Where is Lima?", "Who founded Carthage?"], ["Austen", "Peru", "Dido"])
+    quiet = LifelongEditor(ftl(edit_lr=1e-9, n_iter=1), model=tiny_llama_copy(model), tok=tok)
+    run = quiet.edit_requests(requests_, progress=False, neighbourhood=neighbours)
+    assert run["summary"]["nloc"] == 1.0  # a step too small to move anything leaves every neighbour as it was
+    assert [n["prompt"] for n in run["neighbourhood"]] == neighbours[0]
+    loud = LifelongEditor(ftl(edit_lr=0.5, n_iter=30), model=model, tok=tok)
+    run = loud.edit_requests(requests_, progress=False, neighbourhood=neighbours)
+    # FT-L rewrites a shared matrix with a large step: questions of the edits' form move, and nloc shows it
+    assert run["summary"]["nloc"] < 1.0
+    assert run["summary"]["nloc"] == pytest.approx(sum(n["nloc"] for n in run["neighbourhood"]) / 3)
+    with pytest.raises(ValueError, match="sequential"):
+        loud.edit_requests(requests_[:1], sequential_edit=False, progress=False, neighbourhood=neighbours)
+
+
+def tiny_llama_copy(model):
+    from conftest import tiny_llama
+
+    copy = tiny_llama()
+    copy.load_state_dict(model.state_dict())
+    return copy

@@ -26,6 +26,9 @@ class DataFormat:
     loc_fields: tuple[str, str]  # train-file fields joined into a loc_prompt
     rel_metric: str = "accuracy"  # or "perplexity"
     rephrase_name: str = "gen"  # summary name of the rephrase metric ("ood" for Temporal)
+    #: neighbourhood probes (nloc): unedited questions of the edits' form, (question field, answer field) of the
+    #: train file's records; a list-valued answer field gives its first entry
+    probe_fields: tuple[str, str] = ("prompt", "target_new")
     #: request keys whose field must exist but may be empty (the published Hallucination set has empty
     #: locality answers: such a request has no locality probe, and the dataset lists it)
     may_be_empty: tuple[str, ...] = ("locality_ground_truth",)
@@ -42,6 +45,7 @@ FORMATS: dict[str, DataFormat] = {
             "subject": "subject",
         },
         loc_fields=("loc", "loc_ans"),
+        probe_fields=("src", "answers"),
     ),
     "temporal": DataFormat(
         fields={
@@ -157,3 +161,51 @@ def load_dataset(
     return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
                        loc_path=str(loc_path) if loc_path is not None else None,
                        extra={"records_without_locality_probe": no_locality} if no_locality else {})
+
+
+@dataclass
+class ProbeSet:
+    """Neighbourhood probes: questions of the same form as the edits, never edited, scored like Loc (nloc)."""
+
+    prompts: list[str]
+    answers: list[str]
+    description: dict[str, Any]
+
+
+def load_probes(name: str, path: str | Path, records: tuple[int, int], edit_path: str | Path | None = None
+                ) -> ProbeSet:
+    """Records ``records[0]`` to ``records[1] - 1`` of ``path`` as probes (the format's ``probe_fields``).
+
+    A record whose question is also a question of the edit file (``edit_path``) is left out, so the set is
+    the same whatever T; which records were left out is recorded.
+    """
+    if name not in FORMATS:
+        raise DataError(f"unknown data format {name!r}; known: {sorted(FORMATS)}")
+    question, answer = FORMATS[name].probe_fields
+    path = Path(path)
+    all_records = _read_records(path)
+    start, stop = records
+    if not 0 <= start < stop <= len(all_records):
+        raise DataError(f"{path}: neighbourhood probe records [{start}, {stop}) are outside its "
+                        f"{len(all_records)} records")
+    edited: set[str] = set()
+    if edit_path is not None:
+        edit_field = FORMATS[name].fields["prompt"]
+        edited = {r.get(edit_field) for r in _read_records(Path(edit_path)) if isinstance(r, dict)}
+    prompts, answers, skipped = [], [], []
+    for i in range(start, stop):
+        record = all_records[i]
+        text = _text(record, i, question, path)
+        value = record.get(answer) if isinstance(record, dict) else None
+        if isinstance(value, list):
+            if not value:
+                raise DataError(f"{path}: record {i}: field {answer!r} is an empty list")
+            value = value[0]
+        if text in edited:
+            skipped.append(i)
+            continue
+        prompts.append(text)
+        answers.append(_text({answer: value}, i, answer, path))
+    return ProbeSet(prompts, answers, {"path": str(path), "sha256": sha256_file(path), "records": [start, stop],
+                                       "fields": [question, answer], "n": len(prompts),
+                                       "left_out_as_edited": skipped})

@@ -59,14 +59,21 @@ class LifelongEditor:
     def edit_requests(self, requests: list[dict[str, Any]], sequential_edit: bool = True,
                       rel_metric: str = "accuracy", rephrase_name: str = "gen", eval_generation: bool = False,
                       progress: bool = True, checkpoint_dir: str | Path | None = None,
-                      checkpoint_every: int = 0) -> dict[str, Any]:
+                      checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None
+                      ) -> dict[str, Any]:
         """Apply ``requests`` (in order) and score them; see SPEC §4 for the two protocols.
 
         With ``checkpoint_dir`` (sequential only) the edit state is saved there every ``checkpoint_every``
         edits, and a stream that finds a checkpoint of its own first edits resumes after them.
+        ``neighbourhood`` (prompts, answers): unedited questions of the edits' form, scored like Loc after the
+        whole stream (``summary.nloc``, sequential only: it asks what the final model does to its neighbours).
         """
         start = time.perf_counter()
+        if neighbourhood is not None and not sequential_edit:
+            raise ValueError("neighbourhood locality is measured on the final model of a sequential stream; "
+                             "sequential_edit is False")
         has_loc = [bool(r.get("locality_prompt")) for r in requests]
+        neighbours_before = self._answer_tokens(*neighbourhood) if neighbourhood is not None else None
         loc_before = self._locality_tokens([r for r, h in zip(requests, has_loc) if h])
         before_iter = iter(loc_before)
         loc_before_all = [next(before_iter) if h else None for h in has_loc]
@@ -97,6 +104,8 @@ class LifelongEditor:
                                                             "rng_state": torch.get_rng_state().tolist()})
                     saved = finished
             results = self.score(requests, loc_before_all, rel_metric, eval_generation)
+            if neighbourhood is not None:
+                neighbours = locality(neighbours_before, self._answer_tokens(*neighbourhood))
         else:
             snapshot = self.method.state_dict()
             results = []
@@ -114,9 +123,14 @@ class LifelongEditor:
             result["train_steps"] = len(curve)
             result["final_loss"] = curve[-1] if curve else None
         total = time.perf_counter() - start + resumed_seconds
+        summary = summarize(results, rephrase_name)
+        out: dict[str, Any] = {"summary": summary, "requests": results}
+        if neighbourhood is not None:
+            summary["nloc"] = statistics.fmean(neighbours)
+            out["neighbourhood"] = [{"prompt": p, "answer": a, "nloc": v}
+                                    for p, a, v in zip(*neighbourhood, neighbours)]
         return {
-            "summary": summarize(results, rephrase_name),
-            "requests": results,
+            **out,
             "timing": {"total_seconds": total, "edit_seconds": edit_seconds,
                        "seconds_per_edit": edit_seconds / len(requests),
                        "eval_seconds": total - edit_seconds, "resumed_edits": done},
@@ -138,10 +152,12 @@ class LifelongEditor:
         return float(meta["edit_seconds"]), list(meta["losses"]), done
 
     def _locality_tokens(self, requests: list[dict[str, Any]]) -> list[torch.Tensor]:
-        if not requests:
-            return []
-        return score_answers(self.model, self.tok, [r["locality_prompt"] for r in requests],
-                             [r["locality_ground_truth"] for r in requests]).predictions
+        return self._answer_tokens([r["locality_prompt"] for r in requests],
+                                   [r["locality_ground_truth"] for r in requests])
+
+    def _answer_tokens(self, prompts: list[str], answers: list[str]) -> list[torch.Tensor]:
+        """The model's argmax tokens at the answer positions (what Loc and nloc compare before and after)."""
+        return score_answers(self.model, self.tok, prompts, answers).predictions if prompts else []
 
     def score(self, requests: list[dict[str, Any]], loc_before: list[torch.Tensor | None],
               rel_metric: str = "accuracy", eval_generation: bool = False) -> list[dict[str, Any]]:

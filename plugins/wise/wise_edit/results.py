@@ -39,7 +39,7 @@ def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     return path
 
 
-METRIC_COLUMNS = ("rel", "gen", "ood", "loc", "avg", "ppl", "gen_em")
+METRIC_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "avg", "ppl", "gen_em")
 
 
 def markdown_table(rows: list[dict[str, Any]], keys: tuple[str, ...] = ("method", "T")) -> str:
