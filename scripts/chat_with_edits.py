@@ -58,8 +58,17 @@ def chat(args: argparse.Namespace) -> None:
     if args.prompt:
         print(reply(editor, args.prompt, args.max_new_tokens))
         return
-    while (prompt := input("> ").strip()):
+    while prompt := _read_prompt():
         print(reply(editor, prompt, args.max_new_tokens))
+
+
+def _read_prompt() -> str:
+    """The next prompt; an empty line or the end of the input (Ctrl-D, a closed pipe) ends the chat."""
+    try:
+        return input("> ").strip()
+    except EOFError:
+        print()
+        return ""
 
 
 def main() -> None:

@@ -26,12 +26,43 @@ def _project_path(value: str) -> Path:
     return path if path.is_absolute() else ROOT / path
 
 
+#: run settings that must be whole numbers or booleans, with their least value
+INTEGERS = {"ds_size": 1, "checkpoint_every": 0}
+BOOLEANS = ("sequential_edit", "eval_generation", "progress", "save_edits", "nloc")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Refuse run settings of the wrong type or range, naming the setting (before any model is loaded)."""
+    from wise_edit.errors import RunError
+    from wise_edit.registry import registered_methods
+
+    for name, least in INTEGERS.items():
+        value = cfg[name]
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise RunError(f"{name} must be a whole number >= {least}, got {value!r}")
+    for name in BOOLEANS:
+        if not isinstance(cfg[name], bool):
+            raise RunError(f"{name} must be true or false, got {cfg[name]!r}")
+    if not cfg.hparams_file and cfg.alg_name not in registered_methods():
+        raise RunError(f"unknown alg_name {cfg.alg_name!r}; registered methods: {', '.join(registered_methods())}")
+
+
 def run(cfg: DictConfig) -> dict:
+    check_settings(cfg)
+    output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
+        cfg.output_dir)
+    from wise_edit.results import lock_output_dir
+
+    with lock_output_dir(output_dir):
+        return _run(cfg, output_dir)
+
+
+def _run(cfg: DictConfig, output_dir: Path) -> dict:
     from wise_edit import HyperParams, LifelongEditor
     from wise_edit.data import load_dataset, load_probes
     from wise_edit.models import resolve_model_path
     from wise_edit.persistence import save_edits
-    from wise_edit.results import code_version, markdown_table, write_json
+    from wise_edit.results import code_version, markdown_table, write_json_or_fallback
 
     start = time.perf_counter()
     hparams_file = _project_path(cfg.hparams_file or f"hparams/{cfg.alg_name}/{cfg.model}.yaml")
@@ -46,8 +77,6 @@ def run(cfg: DictConfig) -> dict:
     if cfg.nloc and cfg.sequential_edit and cfg.data.get("nloc_path"):
         probes = load_probes(cfg.data.name, _project_path(cfg.data.nloc_path), tuple(cfg.data.nloc_records),
                              edit_path=data_path)
-    output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
-        cfg.output_dir)
     editor = LifelongEditor.from_hparams(hparams)
     checkpoint = output_dir / "checkpoint" if cfg.checkpoint_every and cfg.sequential_edit else None
     run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
@@ -71,7 +100,7 @@ def run(cfg: DictConfig) -> dict:
         "data": {**dataset.describe(), **({"nloc_probes": probes.description} if probes else {})},
         "timing": run_out["timing"],
     }
-    path = write_json(output_dir / "results.json", payload)
+    path = write_json_or_fallback(output_dir / "results.json", payload)
     row = {"method": hparams.alg_name, "T": cfg.ds_size, **run_out["summary"]}
     print(markdown_table([row]))
     print(f"seconds/edit {run_out['timing']['seconds_per_edit']:.2f}  results: {path}")
@@ -80,7 +109,29 @@ def run(cfg: DictConfig) -> dict:
 
 @hydra.main(config_path="../configs", config_name="run", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    run(cfg)
+    """Run; a failure prints its one-line reason and exits with status 2 (``debug=true``: the traceback)."""
+    try:
+        run(cfg)
+    except Exception as exc:
+        if cfg.get("debug"):
+            raise
+        print(f"error: {reason(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def reason(exc: BaseException) -> str:
+    """The message of one of the package's own errors; type and message (and a hint) of anything else."""
+    from wise_edit.data import DataError
+    from wise_edit.errors import EditStateError, NonFiniteError, RequestError, RunError
+    from wise_edit.hparams import HyperParamsError
+    from wise_edit.sites import SiteError
+    from wise_edit.tokens import TokenizationError
+
+    own = (DataError, EditStateError, NonFiniteError, RequestError, RunError, HyperParamsError, SiteError,
+           TokenizationError, FileNotFoundError)
+    if isinstance(exc, own):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc} (rerun with debug=true for the traceback)"
 
 
 def _allow_hparams_overrides(argv: list[str]) -> list[str]:

@@ -44,12 +44,12 @@ def test_byte_level_split_equals_separate_tokenisation(tok):
 def test_scoring_sees_every_prompt_token_whatever_max_length(tok):
     model = tiny_llama()
     hparams = FTLHyperParams.from_dict({"alg_name": "FT-L", "model_name": "tiny", "inner_params": [SITE],
-                                        "max_length": 8})
+                                        "max_length": 16})
     editor = LifelongEditor(hparams, model=model, tok=tok)
     prompt = "nq question: " + "which river flows through the old town and past the cathedral " * 2
     answer = "the Rhine"
     ids = tok(prompt + " " + answer)["input_ids"]
-    assert len(ids) > 8 * 10
+    assert len(ids) > 16 * 5
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0]
     n = len(tok(" " + answer, add_special_tokens=False)["input_ids"])

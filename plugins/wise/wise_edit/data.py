@@ -101,7 +101,9 @@ def _read_records(path: Path) -> list[Any]:
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
     try:
-        records = json.loads(path.read_text())
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(records, list):

@@ -5,6 +5,7 @@ It knows no method by name: ``alg_name`` is looked up in :mod:`wise_edit.registr
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import time
@@ -18,8 +19,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .hparams import HyperParams
 from .metrics import generation_exact_match, locality, score_answers
 from .models import load_model, load_tokenizer
-from .errors import EditStateError
-from .persistence import META_FILE, fingerprint, restore, save_edits
+from .errors import EditStateError, NonFiniteError, RequestError
+from .persistence import META_FILE, fingerprint, read_meta, restore, save_edits
 from .registry import get_method
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class LifelongEditor:
         whole stream (``summary.nloc``, sequential only: it asks what the final model does to its neighbours).
         """
         start = time.perf_counter()
+        if not requests:
+            raise RequestError("no requests to edit")
         if neighbourhood is not None and not sequential_edit:
             raise ValueError("neighbourhood locality is measured on the final model of a sequential stream; "
                              "sequential_edit is False")
@@ -92,7 +95,7 @@ class LifelongEditor:
             for i in range(done, len(requests), batch_size):
                 chunk = requests[i:i + batch_size]
                 t0 = time.perf_counter()
-                stats = self.method.apply(chunk)
+                stats = self._apply(chunk)
                 edit_seconds += time.perf_counter() - t0
                 losses.append(stats.get("losses", []))
                 self.edit_log += [_log_entry(r) for r in chunk]
@@ -112,7 +115,7 @@ class LifelongEditor:
             for i in range(0, len(requests), batch_size):
                 chunk = requests[i:i + batch_size]
                 t0 = time.perf_counter()
-                stats = self.method.apply(chunk)
+                stats = self._apply(chunk)
                 edit_seconds += time.perf_counter() - t0
                 losses.append(stats.get("losses", []))
                 results += self.score(chunk, loc_before_all[i:i + batch_size], rel_metric, eval_generation)
@@ -136,17 +139,42 @@ class LifelongEditor:
                        "eval_seconds": total - edit_seconds, "resumed_edits": done},
         }
 
+    def _apply(self, chunk: list[dict[str, Any]]) -> dict[str, Any]:
+        try:
+            return self.method.apply(chunk)
+        except NonFiniteError as exc:
+            names = ", ".join(str(r.get("case_id", "?")) for r in chunk)
+            raise NonFiniteError(f"request {names} ({chunk[0]['prompt']!r}): {exc}; the edit was stopped "
+                                 f"(check edit_lr and the other hyperparameters)") from None
+
     def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[float, list, int]:
-        """Load a checkpoint of this stream's first edits, if there is one: (edit seconds, losses, edits done)."""
+        """Load a checkpoint of this very run's first edits, if there is one: (edit seconds, losses, edits done).
+
+        Only the same run resumes: the same method and hyperparameters, the same first requests (and, checked by
+        :func:`restore`, the same base model). Anything else is refused with what differs.
+        """
         if not (directory / META_FILE).exists():
             return 0.0, [], 0
         if self.edit_log:
             raise EditStateError(f"cannot resume from {directory}: this editor has already applied edits")
-        meta = restore(self, directory)
+        meta = read_meta(directory)
+        theirs = {"alg_name": meta["alg_name"], **{f"hparams.{k}": v for k, v in meta["hparams"].items()}}
+        mine = {"alg_name": self.hparams.alg_name,
+                **{f"hparams.{k}": v for k, v in json.loads(json.dumps(self.hparams.to_dict())).items()}}
+        differ = [f"{k}: {theirs.get(k)!r} in the checkpoint, {mine.get(k)!r} now"
+                  for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
+        if differ:
+            raise EditStateError(f"the checkpoint in {directory} belongs to another configuration ("
+                                 + "; ".join(differ) + "); rerun with its settings or use another output directory")
         done = len(meta["edit_log"])
+        if done > len(requests):
+            raise EditStateError(f"the checkpoint in {directory} already holds {done} edits, more than the "
+                                 f"{len(requests)} asked for now; edits cannot be taken back: use ds_size >= {done} "
+                                 "or another output directory")
         if meta["edit_log"] != [_log_entry(r) for r in requests[:done]]:
             raise EditStateError(f"the checkpoint in {directory} was made for a different request stream "
                                  "(its edit log does not match the first requests); use another output directory")
+        meta = restore(self, directory)
         torch.set_rng_state(torch.tensor(meta["rng_state"], dtype=torch.uint8))
         log.warning("resuming after %d edits from the checkpoint in %s", done, directory)
         return float(meta["edit_seconds"]), list(meta["losses"]), done
@@ -215,23 +243,45 @@ def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict
     return summary
 
 
-def make_requests(prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts: Sequence[str] | None = None,
-                  locality_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
-                  loc_prompts: Sequence[str] | None = None, subject: Sequence[str] | None = None
+def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
+                  rephrase_prompts: str | Sequence[str] | None = None,
+                  locality_inputs: dict[str, dict[str, str | Sequence[str]]] | None = None,
+                  loc_prompts: str | Sequence[str] | None = None, subject: str | Sequence[str] | None = None
                   ) -> list[dict[str, Any]]:
-    """EasyEdit's list arguments as request dicts (the format the data loaders produce)."""
+    """EasyEdit's arguments as request dicts (the format the data loaders produce).
+
+    As in EasyEdit, each argument is a list with one entry per edit or, for a single edit, a plain string.
+    Prompts and targets must be non-empty strings; a bad one is named by its request and field.
+    """
+    prompts, target_new = _as_list(prompts), _as_list(target_new)
     n = len(prompts)
+    if n == 0:
+        raise RequestError("no prompts to edit (prompts is empty)")
     if len(target_new) != n:
-        raise ValueError(f"{n} prompts but {len(target_new)} target_new")
-    columns: dict[str, Sequence[Any] | None] = {"rephrase_prompt": rephrase_prompts, "loc_prompt": loc_prompts,
-                                                "subject": subject}
+        raise RequestError(f"{n} prompts but {len(target_new)} target_new")
+    columns: dict[str, list[Any] | None] = {"rephrase_prompt": _as_list(rephrase_prompts),
+                                            "loc_prompt": _as_list(loc_prompts), "subject": _as_list(subject)}
     if locality_inputs:
         if len(locality_inputs) != 1:
-            raise ValueError(f"locality_inputs: one group is supported, got {sorted(locality_inputs)}")
+            raise RequestError(f"locality_inputs: one group is supported, got {sorted(locality_inputs)}")
         (group,) = locality_inputs.values()
-        columns["locality_prompt"], columns["locality_ground_truth"] = group["prompt"], group["ground_truth"]
+        columns["locality_prompt"] = _as_list(group["prompt"])
+        columns["locality_ground_truth"] = _as_list(group["ground_truth"])
     for name, values in columns.items():
         if values is not None and len(values) != n:
-            raise ValueError(f"{n} prompts but {len(values)} {name}")
-    return [{"case_id": i, "prompt": prompts[i], "target_new": target_new[i],
-             **{k: v[i] for k, v in columns.items() if v is not None}} for i in range(n)]
+            raise RequestError(f"{n} prompts but {len(values)} {name}")
+    requests = [{"case_id": i, "prompt": prompts[i], "target_new": target_new[i],
+                 **{k: v[i] for k, v in columns.items() if v is not None}} for i in range(n)]
+    for request in requests:
+        for key in ("prompt", "target_new"):
+            value = request[key]
+            if not isinstance(value, str) or not value.strip():
+                raise RequestError(f"request {request['case_id']}: {key} must be a non-empty string, got {value!r}")
+    return requests
+
+
+def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:
+    """A single string stands for a one-edit list (EasyEdit accepts both)."""
+    if values is None:
+        return None
+    return [values] if isinstance(values, str) else list(values)

@@ -16,3 +16,15 @@ def check_shape(what: str, saved: torch.Tensor, expected: Sequence[int]) -> None
     """Raise :class:`EditStateError` naming ``what`` unless ``saved`` has the ``expected`` shape."""
     if tuple(saved.shape) != tuple(expected):
         raise EditStateError(f"saved {what} has shape {tuple(saved.shape)}, this model needs {tuple(expected)}")
+
+
+class RequestError(ValueError):
+    """Edit requests given to the API are malformed (names the request and the field)."""
+
+
+class RunError(ValueError):
+    """A run cannot start or go on as configured (output directory in use, bad run setting, device missing)."""
+
+
+class NonFiniteError(ArithmeticError):
+    """A loss or a trained state became NaN or infinite (names the request and the step)."""

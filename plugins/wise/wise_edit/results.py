@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
 import platform
 import subprocess
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import transformers
 
 from . import __version__
+from .errors import RunError
 
 
 def code_version() -> dict[str, Any]:
@@ -31,12 +37,47 @@ def code_version() -> dict[str, Any]:
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically: readers see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(payload, indent=2, default=str))
     tmp.replace(path)
     return path
+
+
+def write_json_or_fallback(path: str | Path, payload: dict[str, Any]) -> Path:
+    """:func:`write_json`; if ``path`` cannot be written, the results go to a temporary file and the error says
+    where (a run's results are never lost because its output directory broke at the end)."""
+    try:
+        return write_json(path, payload)
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"wise-edit-results-{os.getpid()}-{int(time.time())}.json"
+        write_json(fallback, payload)
+        raise RunError(f"could not write {path} ({exc}); the results were saved to {fallback}") from None
+
+
+@contextlib.contextmanager
+def lock_output_dir(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory`` for one live run: a second run into it is refused instead of overwriting the first."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise RunError(f"{directory} is in use by a live run ({owner}); wait for it to end or choose another "
+                           "output_dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 METRIC_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "avg", "ppl", "gen_em")

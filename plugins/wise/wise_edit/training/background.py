@@ -13,6 +13,7 @@ import hashlib
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..cache import cached_tensor
 from ..models import cache_dir
 from ..routing import query_mask
 from ..sites import EditSite, run_through
@@ -34,8 +35,12 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
                     prompts: list[str], max_length: int, batch_size: int = 16) -> torch.Tensor:
     """Mean over ``prompts`` of each prompt's mean key at ``site`` (d_in,)."""
     path = cache_dir() / "background" / f"{_cache_key(site, weight, prompts)}.pt"
-    if path.exists():
-        return torch.load(path, map_location=weight.device)
+    return cached_tensor(path, lambda: _mean_key(model, tok, site, prompts, max_length, batch_size),
+                         weight.device).to(weight.device)
+
+
+def _mean_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, prompts: list[str],
+              max_length: int, batch_size: int) -> torch.Tensor:
     means = []
     captured: list[torch.Tensor] = []
     hook = site.linear.register_forward_hook(lambda m, args, out: captured.append(args[0]))
@@ -51,10 +56,7 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
             means.append((captured[0] * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
     finally:
         hook.remove()
-    mean = torch.cat(means).mean(0)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(mean.cpu(), path)
-    return mean
+    return torch.cat(means).mean(0)
 
 
 def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,

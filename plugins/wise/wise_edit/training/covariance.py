@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..cache import cached_tensor
 from ..models import cache_dir
 from ..sites import EditSite, run_through
 
@@ -53,8 +54,19 @@ def key_second_moment(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site
     if not corpus.is_file():
         raise FileNotFoundError(f"key-statistics corpus not found: {corpus} (hparams key 'mom2_dataset')")
     paths = [cache_dir() / "mom2" / f"{_cache_key(model, s, corpus, n_tokens, seq_length)}.pt" for s in sites]
-    if all(p.exists() for p in paths):
-        return [torch.load(p, map_location=model.device) for p in paths]
+    computed: list[torch.Tensor] = []
+
+    def moment(i: int) -> torch.Tensor:  # one corpus pass serves every site whose cache file is missing
+        if not computed:
+            computed.extend(_second_moments(model, tok, sites, corpus, n_tokens, seq_length, batch_size, progress))
+        return computed[i]
+
+    return [cached_tensor(path, lambda i=i: moment(i), model.device).to(model.device)
+            for i, path in enumerate(paths)]
+
+
+def _second_moments(model: PreTrainedModel, tok: PreTrainedTokenizerBase, sites: list[EditSite], corpus: Path,
+                    n_tokens: int, seq_length: int, batch_size: int, progress: bool) -> list[torch.Tensor]:
     ids = torch.tensor(corpus_token_stream(tok, corpus, n_tokens))
     rows = ids[: len(ids) // seq_length * seq_length].view(-1, seq_length)
     sums = [torch.zeros(s.linear.weight.shape[1], s.linear.weight.shape[1], dtype=torch.float64,
@@ -75,8 +87,4 @@ def key_second_moment(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site
     finally:
         for hook in hooks:
             hook.remove()
-    moments = [(s / rows.numel()).float() for s in sums]
-    for path, moment in zip(paths, moments):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(moment.cpu(), path)
-    return moments
+    return [(s / rows.numel()).float() for s in sums]

@@ -7,6 +7,8 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..errors import NonFiniteError
+
 
 def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor], *, n_iter: int, lr: float,
              optimizer: str = "sgd", grad_clip: float | None = None, stop_loss: float | None = None,
@@ -14,6 +16,7 @@ def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor]
     """Minimise ``loss_fn`` for at most ``n_iter`` steps; stop early once the loss is <= ``stop_loss``.
 
     ``after_step`` runs after each update (projections such as norm constraints). Returns the loss curve.
+    A NaN or infinite loss, or trained values that end non-finite, raise :class:`NonFiniteError`.
     """
     params = list(params)
     if optimizer == "sgd":
@@ -23,10 +26,12 @@ def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor]
     else:
         raise ValueError(f"unknown optimizer {optimizer!r} (sgd or adam)")
     losses: list[float] = []
-    for _ in range(n_iter):
+    for step in range(n_iter):
         opt.zero_grad(set_to_none=True)
         loss = loss_fn()
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):
+            raise NonFiniteError(f"the loss is {losses[-1]} at step {step}")
         if stop_loss is not None and losses[-1] <= stop_loss:
             break
         loss.backward()
@@ -36,6 +41,8 @@ def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor]
         if after_step is not None:
             with torch.no_grad():
                 after_step()
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        raise NonFiniteError(f"the trained values are not finite after step {len(losses) - 1}")
     return losses
 
 

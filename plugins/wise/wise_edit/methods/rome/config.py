@@ -35,8 +35,8 @@ class ROMEHyperParams(TrainedEditHyperParams):
         self._check_sites(source)
         if "{}" not in self.kl_template:
             raise HyperParamsError(f"{source}: key 'kl_template' must contain '{{}}' for the subject")
-        if self.mom2_n_tokens < 1 or self.mom2_seq_length < 1:
-            raise HyperParamsError(f"{source}: keys 'mom2_n_tokens' and 'mom2_seq_length' must be >= 1")
+        self._at_least(source, mom2_n_tokens=1, mom2_seq_length=1, kl_factor=0, v_weight_decay=0)
+        self._positive(source, "clamp_norm_factor")
 
     def _check_sites(self, source: str) -> None:
         if len(self.inner_params) != 1:

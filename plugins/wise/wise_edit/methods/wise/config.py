@@ -32,8 +32,10 @@ class WISEHyperParams(SharedMemoryHyperParams):
             raise HyperParamsError(f"{source}: WISE keeps one side memory, inner_params has {len(self.inner_params)}")
         if len(self.act_margin) != 3:
             raise HyperParamsError(f"{source}: key 'act_margin' needs [alpha, beta, gamma], got {self.act_margin}")
-        if not 0 < self.mask_ratio <= 1:
-            raise HyperParamsError(f"{source}: key 'mask_ratio' must be in (0, 1], got {self.mask_ratio}")
+        for name in ("mask_ratio", "act_ratio", "densities"):
+            if not 0 < getattr(self, name) <= 1:
+                raise HyperParamsError(f"{source}: key '{name}' must be in (0, 1], got {getattr(self, name)}")
+        self._positive(source, "norm_constraint")
         if self.save_freq < 1 or self.merge_freq % self.save_freq:
             raise HyperParamsError(f"{source}: key 'merge_freq' ({self.merge_freq}) must be a multiple of "
                                    f"'save_freq' ({self.save_freq})")
