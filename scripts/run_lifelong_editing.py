@@ -47,6 +47,25 @@ def check_settings(cfg: DictConfig) -> None:
         raise RunError(f"unknown alg_name {cfg.alg_name!r}; registered methods: {', '.join(registered_methods())}")
 
 
+def _same_form(name: str, path: str, records, data_path: Path, requests: list[dict], role: str):
+    """Unedited questions of the edits' form from records [start, stop) of ``path``.
+
+    Questions the edit file also asks are left out (a fixed set whatever T); when ``path`` is the edit file
+    itself (a dev stream drawn from the train file), the ranges must not overlap the stream's own edits.
+    """
+    from wise_edit.data import DataError, load_probes
+
+    path = _project_path(path)
+    same_file = path.resolve() == data_path.resolve()
+    found = load_probes(name, path, tuple(records), edit_path=None if same_file else data_path)
+    edited = {r["prompt"] for r in requests}
+    clash = [p for p in found.prompts if p in edited]
+    if clash:
+        raise DataError(f"{path}: {len(clash)} {role} question(s) of records {list(records)} are edits of this "
+                        f"stream (e.g. {clash[0]!r}); choose records outside the edited ones")
+    return found
+
+
 def run(cfg: DictConfig) -> dict:
     check_settings(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
@@ -59,7 +78,7 @@ def run(cfg: DictConfig) -> dict:
 
 def _run(cfg: DictConfig, output_dir: Path) -> dict:
     from wise_edit import HyperParams, LifelongEditor
-    from wise_edit.data import load_dataset, load_probes
+    from wise_edit.data import add_negatives, load_dataset
     from wise_edit.models import resolve_model_path
     from wise_edit.persistence import save_edits
     from wise_edit.results import code_version, markdown_table, write_json_or_fallback
@@ -73,10 +92,16 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
     dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path)
+    sources = {}
+    if cfg.data.get("negatives_path"):
+        negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,
+                               dataset.requests, "negative")
+        add_negatives(dataset.requests, negatives)
+        sources["negatives"] = negatives.description
     probes = None
     if cfg.nloc and cfg.sequential_edit and cfg.data.get("nloc_path"):
-        probes = load_probes(cfg.data.name, _project_path(cfg.data.nloc_path), tuple(cfg.data.nloc_records),
-                             edit_path=data_path)
+        probes = _same_form(cfg.data.name, cfg.data.nloc_path, cfg.data.nloc_records, data_path, dataset.requests,
+                            "neighbourhood probe")
     editor = LifelongEditor.from_hparams(hparams)
     checkpoint = output_dir / "checkpoint" if cfg.checkpoint_every and cfg.sequential_edit else None
     run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
@@ -97,7 +122,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
                    "hparams_file": str(hparams_file)},
         "code_version": code_version(),
         "model": {"name": hparams.model_name, "path": resolve_model_path(hparams.model_name)},
-        "data": {**dataset.describe(), **({"nloc_probes": probes.description} if probes else {})},
+        "data": {**dataset.describe(), **sources, **({"nloc_probes": probes.description} if probes else {})},
         "timing": run_out["timing"],
     }
     path = write_json_or_fallback(output_dir / "results.json", payload)

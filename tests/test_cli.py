@@ -40,6 +40,7 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
     for name, key in [("rel", "rewrite_acc"), ("gen", "rephrase_acc"), ("loc", "locality"),
                       ("gen_em", "generate_exact_match")]:
         assert result["summary"][name] == pytest.approx(statistics.fmean(r[key] for r in result["requests"]))
+    assert result["data"]["negatives"]["records"] == [0, 500]  # same-form negatives: train records 0-499 only
     # neighbourhood locality: the 100 reserved probes of the train file, recorded with the data
     probes = result["data"]["nloc_probes"]
     assert probes["records"] == [500, 600] and probes["n"] == 100 and probes["fields"] == ["src", "answers"]

@@ -101,3 +101,13 @@ def test_neighbourhood_probes_of_the_three_benchmarks():
     assert len(hallucination.prompts) == 100 and hallucination.description["sha256"]
     with pytest.raises(DataError, match=r"probe records \[300, 400\) are outside its 306 records"):
         load_probes("hallucination", DATA / "hallucination" / "hallucination-train.json", (300, 400))
+
+
+def test_same_form_negatives_cycle_through_their_records():
+    from wise_edit.data import add_negatives
+
+    ds = load_dataset("zsre", DATA / "zsre/zsre_mend_edit.json", 5)
+    negatives = load_probes("zsre", DATA / "zsre/zsre_mend_train_1k.json", (0, 3))
+    add_negatives(ds.requests, negatives)
+    train = json.loads((DATA / "zsre/zsre_mend_train_1k.json").read_text())
+    assert [r["negative_prompt"] for r in ds.requests] == [train[i % 3]["src"] for i in range(5)]

@@ -138,3 +138,18 @@ def test_protection_state_round_trips_and_must_match(tok):
     state.pop("protect_gram")
     with pytest.raises(ValueError, match="protect_gram"):
         other.method.load_state_dict(state)
+
+
+def test_background_from_same_form_questions(tok, tmp_path, monkeypatch):
+    from wise_edit.training.background import background_mean
+
+    monkeypatch.setenv("WISE_EDIT_CACHE", str(tmp_path))
+    negatives = ["Who wrote Emma?", "Where is Lima?", "Who founded Carthage?", "Where is Lima?"]
+    requests = [dict(r, negative_prompt=n) for r, n in zip(REQUESTS, negatives)]
+    editor = LifelongEditor(memoir_hp(background_from="negative_prompt"), model=tiny_llama(), tok=tok)
+    editor.method.prepare(requests)
+    method = editor.method
+    expected = background_mean(method.model, tok, method.site, method.layer.base.weight, negatives[:3], 64)
+    assert torch.equal(method.memory.hash.background, expected)  # distinct questions, in order
+    with pytest.raises(Exception, match="background_from"):
+        memoir_hp(background_from="nq")

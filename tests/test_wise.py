@@ -261,3 +261,17 @@ def test_relative_scores_hparam_reaches_the_router(tok):
     assert side.active.threshold == pytest.approx(0.8 * gains.min().item())
     assert routes(editor, [r["prompt"] for r in REQUESTS[:2]]) == [0, 0]
     assert routes(editor, [r["locality_prompt"] for r in REQUESTS[:2]]) == [MAIN, MAIN]
+
+
+def test_neighbour_negatives_are_irrelevant_rows_and_stay_with_the_main_model(tok):
+    from wise_edit.training.batch import edit_batch
+
+    request = dict(REQUESTS[0], negative_prompt="Who wrote Emma?")
+    batch, irrelevant = edit_batch(tok, [request], ["Hi. "], include_loc=True, max_length=64, negatives=True)
+    assert irrelevant.tolist() == [False, False, True, True]  # plain + prefixed rows, loc row, negative row
+    assert tok.decode(batch.input_ids[3][batch.attention_mask[3].bool()]) == "Who wrote Emma?"
+    editor = LifelongEditor(wise_hp(neighbour_negatives=True), model=tiny_llama(), tok=tok)
+    editor.edit_requests([request], progress=False)
+    assert routes(editor, [request["prompt"], "Who wrote Emma?"]) == [0, MAIN]
+    with pytest.raises(ValueError, match="needs a 'negative_prompt'"):
+        editor.method.apply([REQUESTS[1]])

@@ -1,8 +1,8 @@
 """Loaders for the lifelong-editing benchmarks (ZsRE, Temporal, Hallucination) in the framework's request format.
 
 A request is a dict with ``prompt``, ``target_new``, ``subject``, ``locality_prompt``, ``locality_ground_truth``,
-``loc_prompt`` (an irrelevant text for training-time regularisers) and, where the benchmark has one,
-``rephrase_prompt``. Bad records raise :class:`DataError` naming the file, the record and the field.
+``loc_prompt`` (an irrelevant text for training-time regularisers), optionally ``negative_prompt`` (an unedited
+question of the same form, :func:`add_negatives`) and, where the benchmark has one, ``rephrase_prompt``. Bad records raise :class:`DataError` naming the file, the record and the field.
 """
 
 from __future__ import annotations
@@ -211,3 +211,12 @@ def load_probes(name: str, path: str | Path, records: tuple[int, int], edit_path
     return ProbeSet(prompts, answers, {"path": str(path), "sha256": sha256_file(path), "records": [start, stop],
                                        "fields": [question, answer], "n": len(prompts),
                                        "left_out_as_edited": skipped})
+
+
+def add_negatives(requests: list[dict[str, Any]], negatives: ProbeSet) -> None:
+    """Give request ``i`` the same-form question ``negatives.prompts[i % n]`` as its ``negative_prompt``: an
+    unedited question of the edits' form that training-time regularisers may push away from the edit."""
+    if not negatives.prompts:
+        raise DataError(f"{negatives.description['path']}: no same-form questions to use as negatives")
+    for i, request in enumerate(requests):
+        request["negative_prompt"] = negatives.prompts[i % len(negatives.prompts)]

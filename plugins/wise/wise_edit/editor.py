@@ -48,12 +48,13 @@ class LifelongEditor:
     def edit(self, prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts: Sequence[str] | None = None,
              locality_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
              loc_prompts: Sequence[str] | None = None, subject: Sequence[str] | None = None,
-             sequential_edit: bool = False, **kwargs: Any) -> tuple[list[dict[str, Any]], PreTrainedModel, dict]:
+             negative_prompts: Sequence[str] | None = None, sequential_edit: bool = False, **kwargs: Any) -> tuple[list[dict[str, Any]], PreTrainedModel, dict]:
         """Edit and score; returns (per-request metrics, the edited model, summary).
 
         ``locality_inputs`` follows EasyEdit: ``{"neighborhood": {"prompt": [...], "ground_truth": [...]}}``.
         """
-        requests = make_requests(prompts, target_new, rephrase_prompts, locality_inputs, loc_prompts, subject)
+        requests = make_requests(prompts, target_new, rephrase_prompts, locality_inputs, loc_prompts, subject,
+                                 negative_prompts)
         run = self.edit_requests(requests, sequential_edit=sequential_edit, **kwargs)
         return run["requests"], self.model, run["summary"]
 
@@ -246,8 +247,8 @@ def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict
 def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
                   rephrase_prompts: str | Sequence[str] | None = None,
                   locality_inputs: dict[str, dict[str, str | Sequence[str]]] | None = None,
-                  loc_prompts: str | Sequence[str] | None = None, subject: str | Sequence[str] | None = None
-                  ) -> list[dict[str, Any]]:
+                  loc_prompts: str | Sequence[str] | None = None, subject: str | Sequence[str] | None = None,
+                  negative_prompts: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
     """EasyEdit's arguments as request dicts (the format the data loaders produce).
 
     As in EasyEdit, each argument is a list with one entry per edit or, for a single edit, a plain string.
@@ -260,7 +261,8 @@ def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
     if len(target_new) != n:
         raise RequestError(f"{n} prompts but {len(target_new)} target_new")
     columns: dict[str, list[Any] | None] = {"rephrase_prompt": _as_list(rephrase_prompts),
-                                            "loc_prompt": _as_list(loc_prompts), "subject": _as_list(subject)}
+                                            "loc_prompt": _as_list(loc_prompts), "subject": _as_list(subject),
+                                            "negative_prompt": _as_list(negative_prompts)}
     if locality_inputs:
         if len(locality_inputs) != 1:
             raise RequestError(f"locality_inputs: one group is supported, got {sorted(locality_inputs)}")

@@ -187,7 +187,14 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
     protect: float = 0.0
     #: irrelevant prompts averaged into the background key (MEMOIR's TopHash, WISE's ``center_keys``)
     n_background: int = 100
+    #: which texts the background key averages: ``loc_prompt`` (irrelevant texts, the papers) or
+    #: ``negative_prompt`` (unedited questions of the edits' form: what every such question shares is then
+    #: subtracted, and what is left is what it asks about)
+    background_from: str = "loc_prompt"
 
     def validate(self, source: str) -> None:
         super().validate(source)
         self._at_least(source, protect=0, n_background=1)
+        if self.background_from not in ("loc_prompt", "negative_prompt"):
+            raise HyperParamsError(f"{source}: key 'background_from' must be 'loc_prompt' or 'negative_prompt', "
+                                   f"got {self.background_from!r}")

@@ -60,7 +60,8 @@ def _mean_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSi
 
 
 def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
-                     prefix_length: int) -> list[str]:
-    """The stream's irrelevant ``loc_prompt`` texts (the first ``count``), or the model's own prefixes."""
-    texts = [r["loc_prompt"] for r in requests if r.get("loc_prompt")][:count]
+                     prefix_length: int, source: str = "loc_prompt") -> list[str]:
+    """The first ``count`` distinct texts of the stream's ``source`` field (irrelevant ``loc_prompt`` texts, or
+    ``negative_prompt`` questions of the edits' own form), or, without any, the model's own prefixes."""
+    texts = list(dict.fromkeys(r[source] for r in requests if r.get(source)))[:count]
     return texts or generate_prefixes(model, tok, 20, prefix_length)

@@ -16,6 +16,9 @@ from ..tokens import TokenBatch, cap_length, encode_pair, pad_pairs
 
 log = logging.getLogger(__name__)
 
+#: the request fields that hold irrelevant training texts, and what each is
+IRRELEVANT = {"loc_prompt": "an irrelevant text", "negative_prompt": "an unedited question of the edits' form"}
+
 #: two-word openers: this small instruct model answers a lone word with hyphenated junk
 SEED_WORDS = ("The city", "Therefore, we", "Because of", "I think", "You can", "However, the", "In the",
               "We have", "It is", "This is", "She was", "When the", "After the", "Many people", "There are",
@@ -39,8 +42,9 @@ def generate_prefixes(model: PreTrainedModel, tok: PreTrainedTokenizerBase, coun
 
 
 def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
-               include_loc: bool, max_length: int) -> tuple[TokenBatch, torch.Tensor]:
-    """Rows for the requests (each plain and behind every prefix) and, if asked, their ``loc_prompt`` rows.
+               include_loc: bool, max_length: int, negatives: bool = False) -> tuple[TokenBatch, torch.Tensor]:
+    """Rows for the requests (each plain and behind every prefix) and, if asked, their ``loc_prompt`` rows
+    (and with ``negatives`` their ``negative_prompt`` rows: same-form questions, irrelevant too).
 
     Returns the batch and a bool (B,) marking the irrelevant rows.
     """
@@ -51,15 +55,16 @@ def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], pre
             pairs.append(cap_length(*encode_pair(tok, prefix + request["prompt"], request["target_new"]),
                                     max_length, where))
             irrelevant.append(False)
-    if include_loc:
+    fields = (["loc_prompt"] if include_loc else []) + (["negative_prompt"] if negatives else [])
+    for field in fields:
         for request in requests:
-            if not request.get("loc_prompt"):
-                raise ValueError(f"request {request.get('case_id', '?')}: this method needs a 'loc_prompt' "
-                                 "(an irrelevant text) for its training batch")
-            ids = tok(request["loc_prompt"], add_special_tokens=True)["input_ids"]
+            if not request.get(field):
+                raise ValueError(f"request {request.get('case_id', '?')}: this method needs a {field!r} "
+                                 f"({IRRELEVANT[field]}) for its training batch")
+            ids = tok(request[field], add_special_tokens=True)["input_ids"]
             if len(ids) > max_length:
-                log.warning("request %s: irrelevant training text of %d tokens cut to its first %d (max_length)",
-                            request.get("case_id", "?"), len(ids), max_length)
+                log.warning("request %s: %s of %d tokens cut to its first %d (max_length)",
+                            request.get("case_id", "?"), field, len(ids), max_length)
             pairs.append((ids[:max_length], []))
             irrelevant.append(True)
     return pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(irrelevant)

@@ -32,7 +32,7 @@ class MEMOIR(EditMethod):
         if self._calibrated:
             return
         texts = background_texts(requests, self.hparams.n_background, self.model, self.tok,
-                                 self.hparams.prefix_length)
+                                 self.hparams.prefix_length, self.hparams.background_from)
         self.memory.hash.background = background_mean(self.model, self.tok, self.site, self.layer.base.weight,
                                                       texts, self.hparams.max_length)
         self._calibrated = True

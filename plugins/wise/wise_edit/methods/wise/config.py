@@ -25,6 +25,10 @@ class WISEHyperParams(SharedMemoryHyperParams):
     #: route and calibrate on the memory's gain ||D a|| / ||a|| instead of ||D a|| (beyond the paper; router.py);
     #: the margin loss keeps the absolute score its ``act_margin`` values are written for
     relative_scores: bool = False
+    #: train each edit against the request's ``negative_prompt`` too (beyond the paper): an unedited question of
+    #: the same form is an irrelevant row of the margin loss, so the memory learns to fire on what is asked
+    #: about, not on the question's template
+    neighbour_negatives: bool = False
 
     def validate(self, source: str) -> None:
         super().validate(source)

@@ -43,7 +43,7 @@ class WISE(EditMethod):
         if self._centered:
             return
         texts = background_texts(requests, self.hparams.n_background, self.model, self.tok,
-                                 self.hparams.prefix_length)
+                                 self.hparams.prefix_length, self.hparams.background_from)
         self.side.center = background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts,
                                            self.hparams.max_length)
         self._centered = True
@@ -58,7 +58,7 @@ class WISE(EditMethod):
         self.prepare(requests)
         alpha, beta, gamma = hp.act_margin
         batch, irrelevant = edit_batch(self.tok, requests, self.prefixes, include_loc=True,
-                                       max_length=hp.max_length)
+                                       max_length=hp.max_length, negatives=hp.neighbour_negatives)
         runner = self.runner(batch)
         weight = self.layer.base.weight
         side, memory = self.side, self.side.active
