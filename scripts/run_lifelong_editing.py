@@ -91,7 +91,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
         hparams = hparams.replace(**overrides)
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
-    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path)
+    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0))
     sources = {}
     if cfg.data.get("negatives_path"):
         negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,

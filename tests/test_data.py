@@ -111,3 +111,12 @@ def test_same_form_negatives_cycle_through_their_records():
     add_negatives(ds.requests, negatives)
     train = json.loads((DATA / "zsre/zsre_mend_train_1k.json").read_text())
     assert [r["negative_prompt"] for r in ds.requests] == [train[i % 3]["src"] for i in range(5)]
+
+
+def test_loc_offset_draws_irrelevant_texts_past_the_streams_own_records():
+    train_path = DATA / "zsre/zsre_mend_train_1k.json"
+    ds = load_dataset("zsre", train_path, 3, train_path, loc_offset=500)  # a dev stream from the train file
+    train = json.loads(train_path.read_text())
+    assert [r["loc_prompt"] for r in ds.requests] == [f"{train[500 + i]['loc']} {train[500 + i]['loc_ans']}"
+                                                      for i in range(3)]
+    assert all(r["loc_prompt"] != r["locality_prompt"] + " " + r["locality_ground_truth"] for r in ds.requests)

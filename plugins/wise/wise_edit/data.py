@@ -125,9 +125,11 @@ def _text(record: Any, index: int, name: str, path: Path, may_be_empty: bool = F
 
 
 def load_dataset(
-    name: str, path: str | Path, ds_size: int | None = None, loc_path: str | Path | None = None
+    name: str, path: str | Path, ds_size: int | None = None, loc_path: str | Path | None = None, loc_offset: int = 0
 ) -> EditDataset:
-    """The first ``ds_size`` records of ``path`` as requests, ``loc_prompt`` drawn from ``loc_path`` in order."""
+    """The first ``ds_size`` records of ``path`` as requests, ``loc_prompt`` drawn from ``loc_path`` in order
+    from record ``loc_offset`` on (a dev stream drawn from the train file sets it past its own records, so
+    its irrelevant training texts are not its own locality probes)."""
     if name not in FORMATS:
         raise DataError(f"unknown data format {name!r}; known: {sorted(FORMATS)}")
     fmt = FORMATS[name]
@@ -146,7 +148,7 @@ def load_dataset(
         if not loc_records:
             raise DataError(f"{loc_path}: no records to draw loc_prompts from")
         for i in range(len(records)):
-            j = i % len(loc_records)
+            j = (loc_offset + i) % len(loc_records)
             text, answer = _text(loc_records[j], j, fmt.loc_fields[0], loc_path), _text(
                 loc_records[j], j, fmt.loc_fields[1], loc_path, may_be_empty=True)
             loc_prompts.append(f"{text} {answer}".strip())
