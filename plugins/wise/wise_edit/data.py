@@ -2,7 +2,8 @@
 
 A request is a dict with ``prompt``, ``target_new``, ``subject``, ``locality_prompt``, ``locality_ground_truth``,
 ``loc_prompt`` (an irrelevant text for training-time regularisers), optionally ``negative_prompt`` (an unedited
-question of the same form, :func:`add_negatives`) and, where the benchmark has one, ``rephrase_prompt``. Bad records raise :class:`DataError` naming the file, the record and the field.
+question of the same form, :func:`add_negatives`) and, where the benchmark has one, ``rephrase_prompt``.
+Bad records raise :class:`DataError` naming the file, the record and the field.
 """
 
 from __future__ import annotations

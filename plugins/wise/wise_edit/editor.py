@@ -48,7 +48,8 @@ class LifelongEditor:
     def edit(self, prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts: Sequence[str] | None = None,
              locality_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
              loc_prompts: Sequence[str] | None = None, subject: Sequence[str] | None = None,
-             negative_prompts: Sequence[str] | None = None, sequential_edit: bool = False, **kwargs: Any) -> tuple[list[dict[str, Any]], PreTrainedModel, dict]:
+             negative_prompts: Sequence[str] | None = None, sequential_edit: bool = False,
+             **kwargs: Any) -> tuple[list[dict[str, Any]], PreTrainedModel, dict]:
         """Edit and score; returns (per-request metrics, the edited model, summary).
 
         ``locality_inputs`` follows EasyEdit: ``{"neighborhood": {"prompt": [...], "ground_truth": [...]}}``.

@@ -3,8 +3,8 @@
 A memory-based editor (WISE, MEMOIR, ...) keeps the original linear map and adds a memory that answers only
 for inputs it recognises. The decision is taken once per sequence, on its *query* tokens (the prompt), and is
 kept for every later decoding step, so teacher-forced scoring, a plain ``model(...)`` call and
-``model.generate`` with or without a KV cache treat the same prompt identically. Each row of a padded batch is decided on
-its own, padding ignored.
+``model.generate`` with or without a KV cache treat the same prompt identically. Each row of a padded batch is
+decided on its own, padding ignored.
 
 - :func:`query_span` tells the wrapped layers how many leading tokens of each row are the query (scoring code
   uses it so the target tokens fed for teacher forcing do not influence the decision).
