@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from . import __version__
 from .hparams import HyperParams
 from .metrics import generation_exact_match, locality, score_answers
 from .models import load_model, load_tokenizer
@@ -152,8 +153,8 @@ class LifelongEditor:
     def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[float, list, int]:
         """Load a checkpoint of this very run's first edits, if there is one: (edit seconds, losses, edits done).
 
-        Only the same run resumes: the same method and hyperparameters, the same first requests (and, checked by
-        :func:`restore`, the same base model). Anything else is refused with what differs.
+        Only the same run resumes: the same method, hyperparameters and package version, the same first requests
+        (and, checked by :func:`restore`, the same base model). Anything else is refused with what differs.
         """
         if not (directory / META_FILE).exists():
             return 0.0, [], 0
@@ -163,6 +164,8 @@ class LifelongEditor:
         theirs = {"alg_name": meta["alg_name"], **{f"hparams.{k}": v for k, v in meta["hparams"].items()}}
         mine = {"alg_name": self.hparams.alg_name,
                 **{f"hparams.{k}": v for k, v in json.loads(json.dumps(self.hparams.to_dict())).items()}}
+        theirs["wise_edit version"] = meta.get("code_version", {}).get("package")
+        mine["wise_edit version"] = __version__
         differ = [f"{k}: {theirs.get(k)!r} in the checkpoint, {mine.get(k)!r} now"
                   for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
         if differ:

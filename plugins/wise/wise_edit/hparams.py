@@ -119,7 +119,7 @@ class HyperParams:
 
     def replace(self: T, **overrides: Any) -> T:
         """A copy with ``overrides`` applied, checked like a file."""
-        return type(self).from_dict({**self.to_dict(), **overrides}, source="overrides")
+        return type(self).from_dict({**self.to_dict(), **overrides}, source="hparams overrides")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
