@@ -47,10 +47,9 @@ def save_edits(editor: "LifelongEditor", directory: str | Path, extra: dict[str,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous().cpu() for k, v in editor.method.state_dict().items()}
-    # infinity is a legal value (the threshold of a memory that holds no edit yet); NaN never is
-    bad = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise NonFiniteError(f"the {editor.hparams.alg_name} edit state has NaN values in {bad}; "
+        raise NonFiniteError(f"the {editor.hparams.alg_name} edit state has NaN or infinite values in {bad}; "
                              f"not saved to {directory}")
     save_file(state, str(tmp / STATE_FILE))
     meta = {"alg_name": editor.hparams.alg_name, "hparams": editor.hparams.to_dict(),

@@ -105,7 +105,8 @@ class SideMemory:
                                           "center": self.center.clone()}
         for m, memory in enumerate(self.memories):
             state[f"memory.{m}.merged"] = memory.merged.clone()
-            state[f"memory.{m}.threshold"] = torch.tensor(memory.threshold)
+            if memory.threshold != float("inf"):  # a memory that holds no edit yet has none (never answers)
+                state[f"memory.{m}.threshold"] = torch.tensor(memory.threshold)
             state[f"memory.{m}.num_pending"] = torch.tensor(len(memory.pending))
             state[f"memory.{m}.num_edits"] = torch.tensor(len(memory.edit_keys))
             for k, shard in enumerate(memory.pending):
@@ -133,7 +134,7 @@ class SideMemory:
                          for k in range(int(state[f"memory.{m}.num_pending"]))],
                 edit_keys=[state[f"memory.{m}.edit_keys.{k}"].clone().to(self.device)
                            for k in range(int(state[f"memory.{m}.num_edits"]))],
-                threshold=float(state[f"memory.{m}.threshold"]),
+                threshold=float(state.get(f"memory.{m}.threshold", float("inf"))),
             ))
         self.live = state["live"].clone().to(self.device) if "live" in state else None
         self.refresh()
