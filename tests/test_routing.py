@@ -71,3 +71,20 @@ def test_one_at_a_time_protocol_over_several_records(alg):
     after = editor.method.state_dict()
     assert after.keys() == reference.keys()
     assert all(torch.equal(after[k], reference[k]) for k in reference)
+
+
+def test_a_decoder_call_stopped_early_still_ends_its_decision():
+    # run_through stops the decoder at a layer by raising; a later call of the layer on its own must decide anew
+    from wise_edit.sites import run_through
+
+    tok = byte_tokenizer()
+    editor = LifelongEditor(ROUTED["GRACE"](), model=tiny_llama(), tok=tok)
+    editor.method.apply([REQUESTS[0]])
+    layer = editor.method.layer
+    ids = tok([REQUESTS[0]["prompt"]], return_tensors="pt").input_ids
+    with torch.no_grad():
+        run_through(editor.model, editor.method.site.layer, input_ids=ids)
+        assert layer.last_route.tolist() == [0]
+        keys = torch.zeros(1, 3, layer.base.weight.shape[1])
+        out = layer(keys)  # far from every codebook key: the original output, not the edit's value
+    assert layer.last_route.tolist() == [MAIN] and torch.equal(out, layer.base(keys))

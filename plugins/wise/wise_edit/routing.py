@@ -84,7 +84,7 @@ class RoutedLinear(nn.Module):
     def watch(self, decoder: nn.Module) -> None:
         """Observe ``decoder``'s calls to learn each call's padding and whether it continues the previous one."""
         decoder.register_forward_pre_hook(self._start_call, with_kwargs=True)
-        decoder.register_forward_hook(self._end_call)
+        decoder.register_forward_hook(self._end_call, always_call=True)  # also when a call stops early
 
     def _start_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         cache = kwargs.get("past_key_values")
