@@ -92,7 +92,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
     dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0))
-    sources = {}
+    sources, negatives = {}, None
     if cfg.data.get("negatives_path"):
         negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,
                                dataset.requests, "negative")
@@ -108,7 +108,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
                                    rel_metric=dataset.format.rel_metric, rephrase_name=dataset.format.rephrase_name,
                                    eval_generation=cfg.eval_generation, progress=cfg.progress,
                                    checkpoint_dir=checkpoint, checkpoint_every=cfg.checkpoint_every,
-                                   neighbourhood=(probes.prompts, probes.answers) if probes else None)
+                                   neighbourhood=(probes.prompts, probes.answers) if probes else None,
+                                   same_form=negatives.prompts if negatives else ())
     run_out["timing"]["wall_seconds"] = time.perf_counter() - start
     if cfg.save_edits and cfg.sequential_edit:
         save_edits(editor, output_dir / "edits")

@@ -63,14 +63,16 @@ class LifelongEditor:
     def edit_requests(self, requests: list[dict[str, Any]], sequential_edit: bool = True,
                       rel_metric: str = "accuracy", rephrase_name: str = "gen", eval_generation: bool = False,
                       progress: bool = True, checkpoint_dir: str | Path | None = None,
-                      checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None
-                      ) -> dict[str, Any]:
+                      checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None,
+                      same_form: Sequence[str] = ()) -> dict[str, Any]:
         """Apply ``requests`` (in order) and score them; see SPEC §4 for the two protocols.
 
         With ``checkpoint_dir`` (sequential only) the edit state is saved there every ``checkpoint_every``
         edits, and a stream that finds a checkpoint of its own first edits resumes after them.
         ``neighbourhood`` (prompts, answers): unedited questions of the edits' form, scored like Loc after the
         whole stream (``summary.nloc``, sequential only: it asks what the final model does to its neighbours).
+        ``same_form``: unedited questions of the edits' form for the method's calibrations (never the
+        neighbourhood probes: SPEC §4).
         """
         start = time.perf_counter()
         if not requests:
@@ -83,7 +85,7 @@ class LifelongEditor:
         loc_before = self._locality_tokens([r for r, h in zip(requests, has_loc) if h])
         before_iter = iter(loc_before)
         loc_before_all = [next(before_iter) if h else None for h in has_loc]
-        self.method.prepare(requests)
+        self.method.prepare(requests, same_form)
         edit_seconds, losses, done = 0.0, [], 0
         if checkpoint_dir is not None:
             if not sequential_edit:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -59,8 +59,12 @@ class EditMethod(ABC):
     def site(self) -> EditSite:
         return self.sites[0]
 
-    def prepare(self, requests: list[dict[str, Any]]) -> None:
-        """Called once with the whole request stream before the first edit (for calibrations); default: none."""
+    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+        """Called once with the whole request stream before the first edit (for calibrations); default: none.
+
+        ``same_form``: unedited questions of the edits' form, a fixed set whatever the stream's length (for
+        calibrations that must tell an edit from its neighbours).
+        """
 
     @abstractmethod
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:

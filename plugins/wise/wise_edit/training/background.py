@@ -1,6 +1,7 @@
 """The background activation: the mean key of irrelevant prompts at the edited matrix, cached on disk.
 
-MEMOIR's TopHash subtracts it before picking a prompt's salient inputs.
+MEMOIR's TopHash subtracts it before picking a prompt's salient inputs. :func:`token_keys` keeps every token's
+key instead (the pool of unedited questions that :mod:`wise_edit.matching` weighs edit tokens against).
 
 Computed once per (model weights, layer, prompt set): the cache key hashes the edited matrix itself, so two
 different models that share a name never share a background.
@@ -39,9 +40,9 @@ def background_mean(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: 
                          weight.device).to(weight.device)
 
 
-def _mean_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, prompts: list[str],
-              max_length: int, batch_size: int) -> torch.Tensor:
-    means = []
+def _query_keys(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, prompts: list[str],
+                max_length: int, batch_size: int):
+    """Yield, per batch of ``prompts``, the keys at ``site`` (B, S, d_in) and the mask of real tokens (B, S)."""
     captured: list[torch.Tensor] = []
     hook = site.linear.register_forward_hook(lambda m, args, out: captured.append(args[0]))
     try:
@@ -52,11 +53,26 @@ def _mean_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSi
             batch = pad_pairs(pairs, tok.pad_token_id).to(model.device)
             captured.clear()
             run_through(model, site.layer, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-            weights = query_mask(batch.attention_mask, None).to(captured[0].dtype)
-            means.append((captured[0] * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
+            yield captured[0], query_mask(batch.attention_mask, None)
     finally:
         hook.remove()
+
+
+def _mean_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, prompts: list[str],
+              max_length: int, batch_size: int) -> torch.Tensor:
+    means = []
+    for keys, mask in _query_keys(model, tok, site, prompts, max_length, batch_size):
+        weights = mask.to(keys.dtype)
+        means.append((keys * weights[..., None]).sum(1) / weights.sum(1, keepdim=True))
     return torch.cat(means).mean(0)
+
+
+@torch.no_grad()
+def token_keys(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, prompts: list[str],
+               max_length: int, batch_size: int = 16) -> torch.Tensor:
+    """(N, d_in) the key of every token of every prompt at ``site`` (the pool of :mod:`wise_edit.matching`)."""
+    return torch.cat([keys[mask.bool()] for keys, mask in _query_keys(model, tok, site, prompts, max_length,
+                                                                      batch_size)])
 
 
 def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ class MEMOIR(EditMethod):
         self.layer = self.attach_memory(self.memory)
         self._calibrated = False
 
-    def prepare(self, requests: list[dict[str, Any]]) -> None:
+    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
         """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes)."""
         if self._calibrated:
             return

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -35,7 +35,7 @@ class ROME(EditMethod):
                                  for s in self.sites]
         return self._moments
 
-    def prepare(self, requests: list[dict[str, Any]]) -> None:
+    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
         self.moments()
 
     def value_vectors(self, requests: list[dict[str, Any]], site_index: int

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Union
 
 from ...hparams import HyperParamsError, SharedMemoryHyperParams
 
@@ -29,6 +30,11 @@ class WISEHyperParams(SharedMemoryHyperParams):
     #: the same form is an irrelevant row of the margin loss, so the memory learns to fire on what is asked
     #: about, not on the question's template
     neighbour_negatives: bool = False
+    #: answer only queries that recall a held edit this well (beyond the paper; None = the paper's router alone):
+    #: the weighted soft recall of the edit's distinctive tokens (``matching.py``), in [0, 1]
+    match_radius: Union[float, None] = None
+    #: unedited questions of the edits' form whose tokens make the match pool (``matching.py``)
+    match_texts: int = 300
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -40,6 +46,9 @@ class WISEHyperParams(SharedMemoryHyperParams):
             if not 0 < getattr(self, name) <= 1:
                 raise HyperParamsError(f"{source}: key '{name}' must be in (0, 1], got {getattr(self, name)}")
         self._positive(source, "norm_constraint")
+        self._at_least(source, match_texts=1)
+        if self.match_radius is not None and not 0 < self.match_radius <= 1:
+            raise HyperParamsError(f"{source}: key 'match_radius' must be in (0, 1] or null, got {self.match_radius}")
         if self.save_freq < 1 or self.merge_freq % self.save_freq:
             raise HyperParamsError(f"{source}: key 'merge_freq' ({self.merge_freq}) must be a multiple of "
                                    f"'save_freq' ({self.save_freq})")

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ...routing import query_mask
-from ...training.background import background_mean, background_texts
+from ...training.background import background_mean, background_texts, token_keys
 from ...training.batch import edit_batch, plain_rows
 from ...training.loop import batch_clip, optimise
 from ...training.protection import KeyProtection
@@ -31,22 +31,29 @@ class WISE(EditMethod):
     def __init__(self, model, tok, hparams: WISEHyperParams):
         super().__init__(model, tok, hparams)
         weight = self.site.linear.weight
-        self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio, hparams.relative_scores)
+        self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio, hparams.relative_scores,
+                               hparams.match_radius)
         self.side.open()
         self.layer = self.attach_memory(self.side)
         self.edits = 0  # edits applied so far; decides shard saves and merges
         self.protection = KeyProtection(weight.shape[1], hparams.protect, weight.device)
         self._centered = not hparams.center_keys  # True once the side memory's center is settled
 
-    def prepare(self, requests: list[dict[str, Any]]) -> None:
-        """With ``center_keys``: the background key of the stream's irrelevant prompts (as MEMOIR's TopHash)."""
-        if self._centered:
-            return
-        texts = background_texts(requests, self.hparams.n_background, self.model, self.tok,
-                                 self.hparams.prefix_length, self.hparams.background_from)
-        self.side.center = background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts,
-                                           self.hparams.max_length)
-        self._centered = True
+    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+        """With ``center_keys``: the background key of the stream's irrelevant prompts (as MEMOIR's TopHash).
+        With ``match_radius``: the match gate's pool, the first ``match_texts`` of ``same_form`` (or, without
+        them, of the stream's ``negative_prompt`` questions)."""
+        hp = self.hparams
+        if not self._centered:
+            texts = background_texts(requests, hp.n_background, self.model, self.tok, hp.prefix_length,
+                                     hp.background_from)
+            self.side.center = background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts,
+                                               hp.max_length)
+            self._centered = True
+        if hp.match_radius is not None and self.side.pool is None:
+            texts = list(dict.fromkeys(same_form))[:hp.match_texts] or background_texts(
+                requests, hp.match_texts, self.model, self.tok, hp.prefix_length, "negative_prompt")
+            self.side.set_pool(token_keys(self.model, self.tok, self.site, texts, hp.max_length))
 
     def _mask(self) -> torch.Tensor:
         hp = self.hparams
@@ -97,7 +104,7 @@ class WISE(EditMethod):
         side.live = live.detach()
         for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
             length = int(runner.batch.query_lengths[row])
-            memory.edit_keys.append(runner.keys[row, :length].detach().clone())
+            side.hold(runner.keys[row, :length].detach().clone())
             rows = slice(row, row + 1 + len(self.prefixes))
             self.protection.add(side.read(runner.keys[rows][runner.batch.attention_mask[rows].bool()]))
         before, self.edits = self.edits, self.edits + len(requests)

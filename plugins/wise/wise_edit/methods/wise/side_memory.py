@@ -6,6 +6,10 @@ plugs into :class:`wise_edit.routing.RoutedLinear` (``route`` / ``delta``).
 
 The memories read :meth:`SideMemory.read` of the keys: the keys themselves (the paper), or with ``center_keys``
 the keys minus the background key, so a memory answers ``W a + D_m (a - center)`` and scores ``a - center``.
+
+With ``match_radius`` (beyond the paper) a memory answers only a query that also recalls one of the edits it
+holds (:mod:`wise_edit.matching`): the activation score says the memory would move this input, the match that
+the input asks about something the memory was taught.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import EditStateError, check_shape
+from ...matching import TokenIndex, token_weights
 from ...routing import MAIN
 from .router import activation_scores, select, threshold
 
@@ -25,15 +30,20 @@ class Memory:
     pending: list[torch.Tensor] = field(default_factory=list)  # finished shards awaiting the next merge
     edit_keys: list[torch.Tensor] = field(default_factory=list)  # (S_i, d_in) query keys of each held edit
     threshold: float = float("inf")
+    index: TokenIndex | None = None  # the held edits' tokens, for the match gate
 
     def change(self) -> torch.Tensor:
         return self.merged + sum(self.pending) if self.pending else self.merged
 
 
 class SideMemory:
-    def __init__(self, shape: torch.Size, device: torch.device, act_ratio: float, relative_scores: bool = False):
+    def __init__(self, shape: torch.Size, device: torch.device, act_ratio: float, relative_scores: bool = False,
+                 match_radius: float | None = None):
         self.shape, self.device, self.act_ratio = shape, device, act_ratio
         self.relative_scores = relative_scores  # route on the memory's gain (router.py), not its absolute output
+        self.match_radius = match_radius
+        #: (P, d_in) unit keys of every token of the same-form pool questions (None: not collected yet)
+        self.pool: torch.Tensor | None = None
         self.memories: list[Memory] = []
         self._changes: torch.Tensor | None = None  # (M, d_out, d_in) cache of each memory's change
         self.live: torch.Tensor | None = None  # the shard being trained, added to the newest memory
@@ -45,9 +55,21 @@ class SideMemory:
 
     def open(self) -> Memory:
         """Start a new (empty) memory: WISE-Merge does this once, WISE-Retrieve after every merge."""
-        self.memories.append(Memory(merged=torch.zeros(self.shape, device=self.device)))
+        self.memories.append(Memory(merged=torch.zeros(self.shape, device=self.device),
+                                    index=TokenIndex(self.shape[1], self.device)))
         self.refresh()
         return self.memories[-1]
+
+    def set_pool(self, keys: torch.Tensor) -> None:
+        """The same-form pool's token keys (P, d_in); edits held from now on are weighed against it."""
+        check_shape("WISE match pool", keys, (keys.shape[0], self.shape[1]))
+        self.pool = torch.nn.functional.normalize(keys, dim=-1).to(self.device)
+
+    def hold(self, keys: torch.Tensor) -> None:
+        """The newest memory now holds the edit whose query tokens have these keys (S, d_in)."""
+        memory = self.active
+        memory.edit_keys.append(keys)
+        memory.index.add(keys, token_weights(keys, self.pool))
 
     @property
     def active(self) -> Memory:
@@ -87,7 +109,14 @@ class SideMemory:
         read = self.read(keys)
         scores = torch.stack([activation_scores(read, d, mask, self.relative_scores) for d in self._changes])
         limits = torch.tensor([m.threshold for m in self.memories], dtype=scores.dtype, device=scores.device)
+        if self.match_radius is not None:
+            scores = torch.where(self.matches(keys, mask) >= self.match_radius, scores, -float("inf"))
         return select(scores, limits)
+
+    def matches(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(M, B) how well each row recalls the best-recalled edit of each memory (-1 for an empty memory)."""
+        return torch.stack([m.index.match(keys, mask).amax(-1) if m.index.count
+                            else keys.new_full(keys.shape[:1], -1.0) for m in self.memories])
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         changes = self._cached()
@@ -103,6 +132,8 @@ class SideMemory:
     def state_dict(self) -> dict[str, torch.Tensor]:
         state: dict[str, torch.Tensor] = {"num_memories": torch.tensor(len(self.memories)),
                                           "center": self.center.clone()}
+        if self.pool is not None:
+            state["match_pool"] = self.pool.clone()
         for m, memory in enumerate(self.memories):
             state[f"memory.{m}.merged"] = memory.merged.clone()
             if memory.threshold != float("inf"):  # a memory that holds no edit yet has none (never answers)
@@ -121,20 +152,23 @@ class SideMemory:
         for name, tensor in state.items():
             if name == "center":
                 check_shape("WISE background key", tensor, self.shape[1:])
+            elif name == "match_pool":
+                check_shape("WISE match pool", tensor, (tensor.shape[0], self.shape[1]))
             elif name == "live" or name.endswith(".merged") or ".pending." in name:
                 check_shape(f"WISE {name}", tensor, self.shape)
             elif ".edit_keys." in name:
                 check_shape(f"WISE {name}", tensor, (tensor.shape[0], self.shape[1]))
         self.memories = []
         self.center = state["center"].clone().to(self.device)
+        self.pool = state["match_pool"].clone().to(self.device) if "match_pool" in state else None
         for m in range(int(state["num_memories"])):
-            self.memories.append(Memory(
-                merged=state[f"memory.{m}.merged"].clone().to(self.device),
-                pending=[state[f"memory.{m}.pending.{k}"].clone().to(self.device)
-                         for k in range(int(state[f"memory.{m}.num_pending"]))],
-                edit_keys=[state[f"memory.{m}.edit_keys.{k}"].clone().to(self.device)
-                           for k in range(int(state[f"memory.{m}.num_edits"]))],
-                threshold=float(state.get(f"memory.{m}.threshold", float("inf"))),
-            ))
+            self.open()
+            memory = self.active
+            memory.merged = state[f"memory.{m}.merged"].clone().to(self.device)
+            memory.pending = [state[f"memory.{m}.pending.{k}"].clone().to(self.device)
+                              for k in range(int(state[f"memory.{m}.num_pending"]))]
+            for k in range(int(state[f"memory.{m}.num_edits"])):
+                self.hold(state[f"memory.{m}.edit_keys.{k}"].clone().to(self.device))
+            memory.threshold = float(state.get(f"memory.{m}.threshold", float("inf")))
         self.live = state["live"].clone().to(self.device) if "live" in state else None
         self.refresh()
