@@ -167,6 +167,9 @@ class TrainedEditHyperParams(HyperParams):
     grad_clip: Union[float, None] = None
     #: stop an edit's training once its loss is at or below this
     stop_loss: float = 0.02
+    #: also stop once every target token of every training row leads every other token by this many logits
+    #: (and, for methods with a routing loss, the routing margins that decide hold); None: ``stop_loss`` only
+    stop_margin: Union[float, None] = None
     #: context prefixes generated once per model and put in front of each edit's training row
     n_prefixes: int = 10
     prefix_length: int = 8
@@ -175,7 +178,7 @@ class TrainedEditHyperParams(HyperParams):
         super().validate(source)
         if self.optimizer not in ("sgd", "adam"):
             raise HyperParamsError(f"{source}: key 'optimizer' must be 'sgd' or 'adam', got {self.optimizer!r}")
-        self._positive(source, "edit_lr", "grad_clip")
+        self._positive(source, "edit_lr", "grad_clip", "stop_margin")
         self._at_least(source, n_iter=1, stop_loss=0, n_prefixes=0, prefix_length=1)
 
 

@@ -12,8 +12,9 @@ from ..errors import NonFiniteError
 
 def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor], *, n_iter: int, lr: float,
              optimizer: str = "sgd", grad_clip: float | None = None, stop_loss: float | None = None,
-             after_step: Callable[[], None] | None = None) -> list[float]:
-    """Minimise ``loss_fn`` for at most ``n_iter`` steps; stop early once the loss is <= ``stop_loss``.
+             after_step: Callable[[], None] | None = None, done: Callable[[], bool] | None = None) -> list[float]:
+    """Minimise ``loss_fn`` for at most ``n_iter`` steps; stop early once the loss is <= ``stop_loss`` or,
+    right after a loss evaluation, ``done()`` says the edit holds (e.g. every target token leads by a margin).
 
     ``after_step`` runs after each update (projections such as norm constraints). Returns the loss curve.
     A NaN or infinite loss, or trained values that end non-finite, raise :class:`NonFiniteError`.
@@ -32,7 +33,7 @@ def optimise(params: Iterable[torch.Tensor], loss_fn: Callable[[], torch.Tensor]
         losses.append(loss.item())
         if not math.isfinite(losses[-1]):
             raise NonFiniteError(f"the loss is {losses[-1]} at step {step}")
-        if stop_loss is not None and losses[-1] <= stop_loss:
+        if (stop_loss is not None and losses[-1] <= stop_loss) or (done is not None and done()):
             break
         loss.backward()
         if grad_clip is not None:

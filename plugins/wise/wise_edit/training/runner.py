@@ -50,6 +50,8 @@ class SiteRunner:
         self._rows, self._cols = rows, cols
         self.targets = labels[:, 1:][rows, cols]
         self._keys = self._capture()
+        #: smallest lead of a target token's logit over the best other token at the last loss evaluation
+        self.lead = -float("inf")
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
@@ -110,13 +112,20 @@ class SiteRunner:
             hook.remove()
         return logits[self._rows, self._cols]
 
+    def holds(self, margin: float | None) -> Callable[[], bool] | None:
+        """A ``done`` test for :func:`~wise_edit.training.loop.optimise`: every target token leads by ``margin``
+        at the last loss evaluation (None: no such test)."""
+        return None if margin is None else (lambda: self.lead >= margin)
+
     def cross_entropy(self, ffn: FFNFunction, rows_per_request: int | None = None) -> torch.Tensor:
         """Mean cross-entropy of the label tokens; with ``rows_per_request``, the sum of each request's mean.
 
         Summing per request keeps a batch of edits as strong as the same edits one at a time (a plain mean
-        would give each of k edits 1/k of its gradient).
+        would give each of k edits 1/k of its gradient). Records :attr:`lead` on the way.
         """
-        losses = nn.functional.cross_entropy(self.logits(ffn).float(), self.targets, reduction="none")
+        logits = self.logits(ffn).float()
+        self.lead = token_lead(logits, self.targets)
+        losses = nn.functional.cross_entropy(logits, self.targets, reduction="none")
         if rows_per_request is None:
             return losses.mean()
         request = self._rows // rows_per_request
@@ -124,3 +133,10 @@ class SiteRunner:
         sums = torch.zeros(n, device=losses.device).index_add_(0, request, losses)
         counts = torch.zeros(n, device=losses.device).index_add_(0, request, torch.ones_like(losses))
         return (sums / counts).sum()
+
+
+@torch.no_grad()
+def token_lead(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """Smallest lead, over the rows of ``logits`` (N, V), of the target's logit over the best other token's."""
+    target = logits.gather(1, targets[:, None])[:, 0]
+    return float((target - logits.scatter(1, targets[:, None], -float("inf")).amax(1)).min())

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .loop import optimise
-from .runner import SiteRunner
+from .runner import SiteRunner, token_lead
 from .subject import SubjectBatch
 
 
@@ -24,7 +24,8 @@ def subject_outputs(runner: SiteRunner, rows: SubjectBatch) -> torch.Tensor:
 
 def optimise_values(runner: SiteRunner, rows: SubjectBatch, n_requests: int, scale: torch.Tensor, *, n_iter: int,
                     lr: float, optimizer: str, kl_factor: float, weight_decay: float, clamp_norm_factor: float,
-                    grad_clip: float | None, stop_loss: float | None) -> tuple[torch.Tensor, list[float]]:
+                    grad_clip: float | None, stop_loss: float | None, stop_margin: float | None = None
+                    ) -> tuple[torch.Tensor, list[float]]:
     """One vector per request (R, d_out) and the loss curve; requests do not interact (each row gets its own).
 
     ``scale`` (R,) is each request's reference size for the weight decay and the norm clamp.
@@ -46,6 +47,7 @@ def optimise_values(runner: SiteRunner, rows: SubjectBatch, n_requests: int, sca
     def loss() -> torch.Tensor:
         logits = runner.logits(ffn).float()
         total = F.cross_entropy(logits[~kl_logits], runner.targets[~kl_logits])
+        runner.lead = token_lead(logits[~kl_logits], runner.targets[~kl_logits])
         if kl_factor:
             current = F.log_softmax(logits[kl_logits], dim=-1)
             total = total + kl_factor * F.kl_div(current, reference, log_target=True, reduction="batchmean")
@@ -56,7 +58,7 @@ def optimise_values(runner: SiteRunner, rows: SubjectBatch, n_requests: int, sca
         delta.mul_(torch.clamp(limit / delta.norm(dim=-1, keepdim=True).clamp(min=1e-12), max=1.0))
 
     losses = optimise([delta], loss, n_iter=n_iter, lr=lr, optimizer=optimizer, grad_clip=grad_clip,
-                      stop_loss=stop_loss, after_step=clamp)
+                      stop_loss=stop_loss, after_step=clamp, done=runner.holds(stop_margin))
     return delta.detach(), losses
 
 

@@ -29,7 +29,7 @@ class FTL(EditMethod):
 
         losses = optimise([delta], lambda: runner.cross_entropy(lambda a: F.linear(a, weight + delta)),
                           n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=hp.grad_clip,
-                          stop_loss=hp.stop_loss, after_step=clamp)
+                          stop_loss=hp.stop_loss, after_step=clamp, done=runner.holds(hp.stop_margin))
         with torch.no_grad():
             weight += delta
         return {"losses": losses}

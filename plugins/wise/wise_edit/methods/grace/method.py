@@ -49,7 +49,8 @@ class GRACE(EditMethod):
             return value.expand(*keys.shape[:-1], value.shape[0])
 
         losses = optimise([value], lambda: runner.cross_entropy(ffn), n_iter=hp.n_iter, lr=hp.edit_lr,
-                          optimizer=hp.optimizer, grad_clip=hp.grad_clip, stop_loss=hp.stop_loss)
+                          optimizer=hp.optimizer, grad_clip=hp.grad_clip, stop_loss=hp.stop_loss,
+                          done=runner.holds(hp.stop_margin))
         book.add(key, value.detach(), radius, answer)
         return losses
 

@@ -61,7 +61,8 @@ class MEMOIR(EditMethod):
         n = len(requests)
         losses = optimise([sub], lambda: runner.cross_entropy(ffn, rows_per_request), n_iter=hp.n_iter,
                           lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=batch_clip(hp.grad_clip, n),
-                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n)
+                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n,
+                          done=runner.holds(hp.stop_margin))
         with torch.no_grad():
             self.memory.weight[:, columns] = sub.detach()
         self.memory.db.add(masks)

@@ -48,7 +48,8 @@ class ROME(EditMethod):
                                          n_iter=hp.n_iter, lr=hp.edit_lr,
                                          optimizer=hp.optimizer, kl_factor=hp.kl_factor,
                                          weight_decay=hp.v_weight_decay, clamp_norm_factor=hp.clamp_norm_factor,
-                                         grad_clip=hp.grad_clip, stop_loss=hp.stop_loss)
+                                         grad_clip=hp.grad_clip, stop_loss=hp.stop_loss,
+                                         stop_margin=hp.stop_margin)
         return rows, runner, deltas, losses
 
     def value_scale(self, runner: SiteRunner, rows: SubjectBatch) -> torch.Tensor:

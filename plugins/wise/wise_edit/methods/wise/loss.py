@@ -15,3 +15,11 @@ def margin_loss(edit_scores: torch.Tensor, irrelevant_scores: torch.Tensor, alph
         loss = loss + F.relu(irrelevant_scores - alpha).mean()
         loss = loss + F.relu(gamma - (edit_scores[:, None] - irrelevant_scores[None, :])).mean()
     return loss
+
+
+def separated(edit_scores: torch.Tensor, irrelevant_scores: torch.Tensor, beta: float, gamma: float) -> bool:
+    """The margins that decide routing hold: every edit above ``beta`` and above every irrelevant row by
+    ``gamma``. The ``alpha`` ceiling on irrelevant rows is left to the loss: a stop test that waits for it
+    runs most edits to ``n_iter`` (it is what keeps the summed loss above ``stop_loss``)."""
+    low = float(edit_scores.min())
+    return low >= beta and (not irrelevant_scores.numel() or low - float(irrelevant_scores.max()) >= gamma)

@@ -12,7 +12,7 @@ from ...training.loop import batch_clip, optimise
 from ...training.protection import KeyProtection
 from ..base import EditMethod
 from .config import WISEHyperParams
-from .loss import margin_loss
+from .loss import margin_loss, separated
 from .merge import ties_merge
 from .router import activation_scores
 from .shards import shard_mask
@@ -77,11 +77,13 @@ class WISE(EditMethod):
         # are in units of the paper's absolute score, so the loss uses it even when routing uses the relative one
         scored = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
         routing_loss: list[torch.Tensor] = []
+        routed = [False]  # the edits' scores reach beta and lead every irrelevant row's by gamma (stop_margin)
 
         def ffn(keys: torch.Tensor) -> torch.Tensor:
             change = fixed + live * mask
             scores = activation_scores(side.read(keys), change, scored)
             routing_loss.append(margin_loss(scores[~irrelevant], scores[irrelevant], alpha, beta, gamma))
+            routed[0] = separated(scores.detach()[~irrelevant], scores.detach()[irrelevant], beta, gamma)
             return F.linear(keys, weight + change) - F.linear(side.center, change)
 
         def loss() -> torch.Tensor:
@@ -100,7 +102,8 @@ class WISE(EditMethod):
         n = len(requests)
         losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer,
                           grad_clip=batch_clip(hp.grad_clip, n),
-                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n, after_step=constrain)
+                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n, after_step=constrain,
+                          done=None if hp.stop_margin is None else lambda: runner.lead >= hp.stop_margin and routed[0])
         side.live = live.detach()
         for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
             length = int(runner.batch.query_lengths[row])
