@@ -1,15 +1,20 @@
 #!/usr/bin/env python
-"""Speed of editing and of edited inference on the bundled model; prints a table and writes JSON.
+"""Speed of editing and of edited inference on the bundled model; prints tables and writes JSON.
 
-    python scripts/bench_edit_speed.py --methods WISE MEMOIR --edits 10 --out outputs/bench.json
+    python scripts/bench_edit_speed.py --methods WISE MEMOIR --edits 20 --out outputs/bench.json
 
-Per method, on the same first ``--edits`` ZsRE requests and a fixed number of steps (no early stop, so both
-loops do the same work): median seconds per edit of the fast loop and of the naive loop (full forward each
-step) and their ratio, and how far their loss curves differ when each edit starts from the same state; then
-the median forward latency of the edited model vs the unedited one on ``--prompts`` unrelated prompts. For
-MEMOIR also the cost of matching 10,000 stored masks against one forward pass on a 32-token prompt. Ratios
-are measured in one run on the same inputs, so they hold on a noisy shared machine where absolute seconds do
-not.
+Where an edit's time goes: per method, the shipped hparams file (``--set key=value`` overrides it, e.g.
+``--set stop_margin=2.0``) edits the first ``--edits`` ZsRE requests in sequence through the editor, and the
+seconds of each phase (``wise_edit.timing``: key capture, protection inverse, optimisation steps, holding the
+edit, calibration, the method's preparation and the final scoring) are printed per edit, with the mean
+number of steps.
+
+``--compare-loops``: on the same requests and a fixed number of steps (no early stop, so both loops do the
+same work), median seconds per edit of the fast loop and of the naive loop (full forward each step) and how
+far their loss curves differ when each edit starts from the same state; then the median forward latency of
+the edited model vs the unedited one on ``--prompts`` unrelated prompts. For MEMOIR also the cost of matching
+10,000 stored masks against one forward pass on a 32-token prompt. Ratios are measured in one run on the same
+inputs, so they hold on a noisy shared machine where absolute seconds do not.
 
 ``--saved DIR ...`` adds the same latency check for edit states saved by a long CLI run (e.g. the
 ``<output_dir>/edits`` of a T=100 run), measuring inference overhead after that many edits.
@@ -23,11 +28,13 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from wise_edit import HyperParams, LifelongEditor, load_edits
-from wise_edit.data import load_dataset
+from wise_edit.data import add_negatives, load_dataset, load_probes
 from wise_edit.models import load_model, load_tokenizer
 from wise_edit.results import code_version, write_json
+from wise_edit.timing import collect_phases
 from wise_edit.tokens import encode_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +80,22 @@ def forward_latencies(models: list, batches: list, repeats: int = 3) -> list[flo
     return [statistics.median(times) for times in samples]
 
 
+def breakdown(hparams: HyperParams, requests: list[dict], same_form: list[str]) -> dict:
+    """Seconds per edit of each phase of ``len(requests)`` sequential edits through the editor."""
+    editor = LifelongEditor(hparams)
+    editor.method.prefixes  # generated once per model: not part of any edit
+    with collect_phases() as sums:
+        start = time.perf_counter()
+        run = editor.edit_requests(requests, sequential_edit=True, progress=False, same_form=same_form)
+        total = time.perf_counter() - start
+    n = len(requests)
+    return {"method": hparams.alg_name, "edits": n, "total_s_per_edit": total / n,
+            "seconds_per_edit": run["timing"]["seconds_per_edit"],
+            "phases_s_per_edit": {k: v / n for k, v in sorted(sums.items())},
+            "mean_steps": statistics.fmean(r["train_steps"] for r in run["requests"]),
+            "summary": run["summary"], "hparams": hparams.to_dict()}
+
+
 def mask_matching(model, tok, hparams) -> dict:
     from wise_edit.methods.memoir.mask_db import MaskDatabase
 
@@ -106,15 +129,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="optimisation steps per edit (fixed)")
     parser.add_argument("--prompts", type=int, default=100, help="unrelated prompts for the latency check")
     parser.add_argument("--saved", nargs="*", default=[], help="saved edit states to check the latency of")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="hparams overrides (YAML values)")
+    parser.add_argument("--compare-loops", action="store_true", help="also the fast vs naive loop comparison")
     parser.add_argument("--out", default=str(ROOT / "outputs" / "bench_edit_speed.json"))
     args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
 
     tok = load_tokenizer(args.model)
     ds = load_dataset("zsre", DATA / "zsre_mend_edit.json", args.edits, DATA / "zsre_mend_train_1k.json")
     unrelated = load_dataset("zsre", DATA / "zsre_mend_train_1k.json", args.prompts)
     batches = [encode_batch(tok, [r["locality_prompt"]], [None]) for r in unrelated.requests]
+    negatives = load_probes("zsre", DATA / "zsre_mend_train_1k.json", (0, 500))
+    add_negatives(ds.requests, negatives)
+    phases = [breakdown(HyperParams.from_hparams(ROOT / "hparams" / alg / f"{args.model}.yaml").replace(**overrides),
+                        ds.requests, negatives.prompts) for alg in args.methods]
+    names = sorted({k for r in phases for k in r["phases_s_per_edit"]})
+    print(f"{'method':8} {'s/edit':>7} {'steps':>6} " + " ".join(f"{k:>10}" for k in names))
+    for r in phases:
+        print(f"{r['method']:8} {r['seconds_per_edit']:7.2f} {r['mean_steps']:6.1f} "
+              + " ".join(f"{r['phases_s_per_edit'].get(k, 0.0):10.3f}" for k in names))
     rows = []
-    for alg in args.methods:
+    for alg in args.methods if args.compare_loops else []:
         base = HyperParams.from_hparams(ROOT / "hparams" / alg / f"{args.model}.yaml").replace(
             n_iter=args.steps, stop_loss=0.0)
         result: dict = {"method": alg}
@@ -144,8 +179,9 @@ def main() -> None:
                            "latency_unedited_s": unedited, "latency_edited_s": edited,
                            "inference_overhead": edited / unedited - 1})
 
-    print(f"{'method':8} {'fast s/edit':>11} {'naive s/edit':>12} {'speedup':>8} {'loss gap':>9} {'rel. gap':>9} "
-          f"{'overhead':>9}")
+    if rows:
+        print(f"{'method':8} {'fast s/edit':>11} {'naive s/edit':>12} {'speedup':>8} {'loss gap':>9} "
+              f"{'rel. gap':>9} {'overhead':>9}")
     for r in rows:
         print(f"{r['method']:8} {r['fast_s_per_edit']:11.2f} {r['naive_s_per_edit']:12.2f} {r['speedup']:7.1f}x "
               f"{r['max_loss_gap']:9.1e} {r['max_relative_loss_gap']:9.1e} {100 * r['inference_overhead']:8.1f}%")
@@ -156,7 +192,7 @@ def main() -> None:
     for r in saved_rows:
         print(f"{r['method']:8} after {r['edits']} edits ({r['saved']}): inference overhead "
               f"{100 * r['inference_overhead']:.1f}%")
-    path = write_json(args.out, {"rows": rows, "saved": saved_rows, "args": vars(args), "code_version": code_version(),
+    path = write_json(args.out, {"breakdown": phases, "rows": rows, "saved": saved_rows, "args": vars(args), "code_version": code_version(),
                                  "edits_after_which_latency_measured": args.edits})
     print(f"written {path}")
 

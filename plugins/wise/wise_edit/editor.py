@@ -23,6 +23,7 @@ from .models import load_model, load_tokenizer
 from .errors import EditStateError, NonFiniteError, RequestError
 from .persistence import META_FILE, fingerprint, read_meta, restore, save_edits
 from .registry import get_method
+from .timing import phase
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ class LifelongEditor:
         loc_before = self._locality_tokens([r for r, h in zip(requests, has_loc) if h])
         before_iter = iter(loc_before)
         loc_before_all = [next(before_iter) if h else None for h in has_loc]
-        self.method.prepare(requests, same_form)
+        with phase("prepare"):
+            self.method.prepare(requests, same_form)
         edit_seconds, losses, done = 0.0, [], 0
         if checkpoint_dir is not None:
             if not sequential_edit:
@@ -111,9 +113,10 @@ class LifelongEditor:
                     save_edits(self, checkpoint_dir, extra={"losses": losses, "edit_seconds": edit_seconds,
                                                             "rng_state": torch.get_rng_state().tolist()})
                     saved = finished
-            results = self.score(requests, loc_before_all, rel_metric, eval_generation)
-            if neighbourhood is not None:
-                neighbours = locality(neighbours_before, self._answer_tokens(*neighbourhood))
+            with phase("score"):
+                results = self.score(requests, loc_before_all, rel_metric, eval_generation)
+                if neighbourhood is not None:
+                    neighbours = locality(neighbours_before, self._answer_tokens(*neighbourhood))
         else:
             snapshot = self.method.state_dict()
             results = []

@@ -68,11 +68,13 @@ def _mean_key(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSi
 
 
 @torch.no_grad()
-def token_keys(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, prompts: list[str],
-               max_length: int, batch_size: int = 16) -> torch.Tensor:
-    """(N, d_in) the key of every token of every prompt at ``site`` (the pool of :mod:`wise_edit.matching`)."""
-    return torch.cat([keys[mask.bool()] for keys, mask in _query_keys(model, tok, site, prompts, max_length,
-                                                                      batch_size)])
+def token_keys(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditSite, weight: torch.Tensor,
+               prompts: list[str], max_length: int, batch_size: int = 16) -> torch.Tensor:
+    """(N, d_in) the key of every token of every prompt at ``site`` (the pool of :mod:`wise_edit.matching`),
+    cached on disk like :func:`background_mean`."""
+    path = cache_dir() / "token_keys" / f"{_cache_key(site, weight, prompts)}-{max_length}.pt"
+    return cached_tensor(path, lambda: torch.cat([keys[mask.bool()] for keys, mask in _query_keys(
+        model, tok, site, prompts, max_length, batch_size)]), weight.device).to(weight.device)
 
 
 def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,

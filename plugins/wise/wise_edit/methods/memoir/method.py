@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ...routing import query_mask
+from ...timing import phase
 from ...training.background import background_mean, background_texts
 from ...training.batch import edit_batch, plain_rows
 from ...training.loop import batch_clip, optimise
@@ -40,8 +41,9 @@ class MEMOIR(EditMethod):
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
         self.prepare(requests)
-        batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
-        runner = self.runner(batch)
+        with phase("capture"):
+            batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
+            runner = self.runner(batch)
         weight = self.layer.base.weight
         rows_per_request = 1 + len(self.prefixes)
         plain = plain_rows(len(requests), len(self.prefixes), weight.device)
@@ -55,21 +57,23 @@ class MEMOIR(EditMethod):
         def ffn(keys: torch.Tensor) -> torch.Tensor:
             return F.linear(keys, weight) + (keys[..., columns] * row_masks[:, None, :]) @ sub.T
 
-        precondition = self.memory.protection.preconditioner(columns)
+        with phase("protection"):
+            precondition = self.memory.protection.preconditioner(columns)
         if precondition is not None:
             sub.register_hook(lambda grad: grad @ precondition)
         n = len(requests)
-        losses = optimise([sub], lambda: runner.cross_entropy(ffn, rows_per_request), n_iter=hp.n_iter,
-                          lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=batch_clip(hp.grad_clip, n),
-                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n,
-                          done=runner.holds(hp.stop_margin))
-        with torch.no_grad():
+        with phase("steps"):
+            losses = optimise([sub], lambda: runner.cross_entropy(ffn, rows_per_request), n_iter=hp.n_iter,
+                              lr=hp.edit_lr, optimizer=hp.optimizer, grad_clip=batch_clip(hp.grad_clip, n),
+                              stop_loss=None if hp.stop_loss is None else hp.stop_loss * n,
+                              done=runner.holds(hp.stop_margin))
+        with phase("hold"), torch.no_grad():
             self.memory.weight[:, columns] = sub.detach()
-        self.memory.db.add(masks)
-        tokens = runner.batch.attention_mask.bool()
-        for r in range(n):
-            rows = slice(r * rows_per_request, (r + 1) * rows_per_request)
-            self.memory.protection.add(runner.keys[rows][tokens[rows]], masks[r])
+            self.memory.db.add(masks)
+            tokens = runner.batch.attention_mask.bool()
+            for r in range(n):
+                rows = slice(r * rows_per_request, (r + 1) * rows_per_request)
+                self.memory.protection.add(runner.keys[rows][tokens[rows]], masks[r])
         return {"losses": losses}
 
     def state_dict(self) -> dict[str, torch.Tensor]:

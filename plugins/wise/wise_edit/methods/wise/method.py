@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ...routing import query_mask
+from ...timing import phase
 from ...training.background import background_mean, background_texts, token_keys
 from ...training.batch import edit_batch, plain_rows
 from ...training.loop import batch_clip, optimise
@@ -53,7 +54,8 @@ class WISE(EditMethod):
         if hp.match_radius is not None and self.side.pool is None:
             texts = list(dict.fromkeys(same_form))[:hp.match_texts] or background_texts(
                 requests, hp.match_texts, self.model, self.tok, hp.prefix_length, "negative_prompt")
-            self.side.set_pool(token_keys(self.model, self.tok, self.site, texts, hp.max_length))
+            self.side.set_pool(token_keys(self.model, self.tok, self.site, self.layer.base.weight, texts,
+                                          hp.max_length))
 
     def _mask(self) -> torch.Tensor:
         hp = self.hparams
@@ -64,9 +66,10 @@ class WISE(EditMethod):
         hp = self.hparams
         self.prepare(requests)
         alpha, beta, gamma = hp.act_margin
-        batch, irrelevant = edit_batch(self.tok, requests, self.prefixes, include_loc=True,
-                                       max_length=hp.max_length, negatives=hp.neighbour_negatives)
-        runner = self.runner(batch)
+        with phase("capture"):
+            batch, irrelevant = edit_batch(self.tok, requests, self.prefixes, include_loc=True,
+                                           max_length=hp.max_length, negatives=hp.neighbour_negatives)
+            runner = self.runner(batch)
         weight = self.layer.base.weight
         side, memory = self.side, self.side.active
         fixed = memory.change()
@@ -90,7 +93,8 @@ class WISE(EditMethod):
             routing_loss.clear()
             return runner.cross_entropy(ffn, 1 + len(self.prefixes)) + routing_loss[0]
 
-        project = self.protection.preconditioner()  # applied to Adam's step, not its gradient (protection.py)
+        with phase("protection"):
+            project = self.protection.preconditioner()  # applied to Adam's step, not its gradient (protection.py)
         previous = live.detach().clone()
 
         def constrain() -> None:
@@ -100,20 +104,24 @@ class WISE(EditMethod):
             previous.copy_(live)
 
         n = len(requests)
-        losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer,
-                          grad_clip=batch_clip(hp.grad_clip, n),
-                          stop_loss=None if hp.stop_loss is None else hp.stop_loss * n, after_step=constrain,
-                          done=None if hp.stop_margin is None else lambda: runner.lead >= hp.stop_margin and routed[0])
+        with phase("steps"):
+            losses = optimise([live], loss, n_iter=hp.n_iter, lr=hp.edit_lr, optimizer=hp.optimizer,
+                              grad_clip=batch_clip(hp.grad_clip, n),
+                              stop_loss=None if hp.stop_loss is None else hp.stop_loss * n, after_step=constrain,
+                              done=None if hp.stop_margin is None
+                              else lambda: runner.lead >= hp.stop_margin and routed[0])
         side.live = live.detach()
-        for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
-            length = int(runner.batch.query_lengths[row])
-            side.hold(runner.keys[row, :length].detach().clone())
-            rows = slice(row, row + 1 + len(self.prefixes))
-            self.protection.add(side.read(runner.keys[rows][runner.batch.attention_mask[rows].bool()]))
-        before, self.edits = self.edits, self.edits + len(requests)
-        self._close_shards(before)
-        side.refresh()
-        side.calibrate(len(side.memories) - 1)
+        with phase("hold"):
+            for row in plain_rows(len(requests), len(self.prefixes), weight.device).tolist():
+                length = int(runner.batch.query_lengths[row])
+                side.hold(runner.keys[row, :length].detach().clone())
+                rows = slice(row, row + 1 + len(self.prefixes))
+                self.protection.add(side.read(runner.keys[rows][runner.batch.attention_mask[rows].bool()]))
+        with phase("calibrate"):
+            before, self.edits = self.edits, self.edits + len(requests)
+            self._close_shards(before)
+            side.refresh()
+            side.calibrate(len(side.memories) - 1)
         return {"losses": losses}
 
     def _close_shards(self, before: int) -> None:
