@@ -142,6 +142,22 @@ def test_ties_merge_matches_hand_computation():
     assert torch.allclose(merged, expected)
 
 
+def test_merging_a_single_dense_shard_changes_nothing_served(tok):
+    """A merge of one shard (merge_freq == save_freq): before the fix TIES cut half of a dense shard's entries."""
+    dense = torch.randn(4, 6)
+    assert torch.equal(ties_merge([dense], density=0.53), dense)
+    served = {}
+    for merge_freq in (2, 4):  # merged after the 2nd edit / the same shard still pending
+        editor = LifelongEditor(wise_hp(save_freq=2, merge_freq=merge_freq, mask_ratio=1.0), model=tiny_llama(),
+                                tok=tok)
+        editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
+        side = editor.method.side
+        assert len(side.active.pending) == (0 if merge_freq == 2 else 1)
+        served[merge_freq] = (side.change(0), [r["rewrite_acc"] for r in editor.score(REQUESTS[:2], [None] * 2)])
+    assert torch.equal(served[2][0], served[4][0])
+    assert served[2][1] == served[4][1]
+
+
 def test_retrieve_routes_to_the_memory_that_holds_the_edit():
     side = SideMemory(torch.Size([2, 3]), torch.device("cpu"), act_ratio=0.5)
     for axis in (0, 1):
