@@ -38,6 +38,10 @@ class HyperParams:
     max_length: int = 64
     #: re-run only the layers above the edited matrix during training (False: full forward, for reference)
     fast_loop: bool = True
+    #: precision of the frozen layers above the edited matrix during training (the trained change and the keys
+    #: stay float32): ``float32``, ``bfloat16`` (autocast), or ``auto`` = bfloat16 where the CPU computes it
+    #: natively (AVX512-BF16/AMX), float32 elsewhere
+    upper_dtype: str = "float32"
 
     #: set by each subclass to the alg_name its YAML files must carry
     ALG_NAME: ClassVar[str] = ""
@@ -100,6 +104,9 @@ class HyperParams:
         if not self.inner_params:
             raise HyperParamsError(f"{source}: key 'inner_params' must name at least one weight")
         self._at_least(source, batch_size=1, max_length=MIN_LENGTH, seed=0)
+        if self.upper_dtype not in ("float32", "bfloat16", "auto"):
+            raise HyperParamsError(f"{source}: key 'upper_dtype' must be 'float32', 'bfloat16' or 'auto', "
+                                   f"got {self.upper_dtype!r}")
 
     def _at_least(self, source: str, **bounds: float) -> None:
         """Each named key must be >= its bound."""

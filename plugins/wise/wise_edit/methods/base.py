@@ -13,7 +13,7 @@ from ..routing import Memory, RoutedLinear
 from ..sites import EditSite, resolve_site
 from ..tokens import TokenBatch
 from ..training.batch import generate_prefixes
-from ..training.runner import SiteRunner
+from ..training.runner import SiteRunner, resolve_dtype
 
 
 class EditMethod(ABC):
@@ -79,4 +79,5 @@ class EditMethod(ABC):
         """Return to a state from :meth:`state_dict`."""
 
     def runner(self, batch: TokenBatch, site: EditSite | None = None) -> SiteRunner:
-        return SiteRunner(self.model, site or self.site, batch, fast=self.hparams.fast_loop)
+        return SiteRunner(self.model, site or self.site, batch, fast=self.hparams.fast_loop,
+                          upper_dtype=resolve_dtype(self.hparams.upper_dtype))

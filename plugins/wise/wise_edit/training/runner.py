@@ -40,8 +40,10 @@ class _Replay(nn.Module):
 
 
 class SiteRunner:
-    def __init__(self, model: PreTrainedModel, site: EditSite, batch: TokenBatch, fast: bool = True):
+    def __init__(self, model: PreTrainedModel, site: EditSite, batch: TokenBatch, fast: bool = True,
+                 upper_dtype: torch.dtype = torch.float32):
         self.model, self.site, self.fast = model, site, fast
+        self.upper_dtype = upper_dtype
         self.batch = batch.to(model.device)
         labels = self.batch.labels
         self.label_rows = (labels != -100).any(dim=1).nonzero().squeeze(-1)
@@ -89,19 +91,22 @@ class SiteRunner:
         site, layers = self.site, self.site.layers
         originals = [layers[i] for i in range(site.layer_index + 1)]
         patched = _with_hidden(self._layer_out, self._residual + out)
+        low = self.upper_dtype != torch.float32
         try:
             for i in range(site.layer_index + 1):  # the frozen layers up to the edited one are not re-run
                 layers[i] = _Replay(lambda: patched)
-            hidden = self.model.get_decoder()(input_ids=self.batch.input_ids[rows],
-                                              attention_mask=self.batch.attention_mask[rows],
-                                              use_cache=False).last_hidden_state
+            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low):
+                hidden = self.model.get_decoder()(input_ids=self.batch.input_ids[rows],
+                                                  attention_mask=self.batch.attention_mask[rows],
+                                                  use_cache=False).last_hidden_state
+                # map batch rows to their place among the label rows
+                place = torch.empty(self.batch.labels.shape[0], dtype=torch.long, device=hidden.device)
+                place[rows] = torch.arange(rows.numel(), device=hidden.device)
+                logits = self.model.get_output_embeddings()(hidden[place[self._rows], self._cols])
         finally:
             for i, module in enumerate(originals):
                 layers[i] = module
-        # map batch rows to their place among the label rows
-        place = torch.empty(self.batch.labels.shape[0], dtype=torch.long, device=hidden.device)
-        place[rows] = torch.arange(rows.numel(), device=hidden.device)
-        return self.model.get_output_embeddings()(hidden[place[self._rows], self._cols])
+        return logits.float()
 
     def _naive_logits(self, ffn: FFNFunction) -> torch.Tensor:
         hook = self.site.linear.register_forward_hook(lambda m, args, out: ffn(args[0]))
@@ -140,3 +145,11 @@ def token_lead(logits: torch.Tensor, targets: torch.Tensor) -> float:
     """Smallest lead, over the rows of ``logits`` (N, V), of the target's logit over the best other token's."""
     target = logits.gather(1, targets[:, None])[:, 0]
     return float((target - logits.scatter(1, targets[:, None], -float("inf")).amax(1)).min())
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``upper_dtype`` as a torch dtype; ``auto`` is bfloat16 only where the CPU has native bfloat16 units."""
+    if name == "auto":
+        native = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
