@@ -96,10 +96,14 @@ class SideMemory:
         if not memory.edit_keys:
             memory.threshold = float("inf")
             return
-        change = self.change(index)
-        scores = torch.stack([activation_scores(self.read(k)[None], change, k.new_ones(1, k.shape[0]),
-                                                self.relative_scores)[0]
-                              for k in memory.edit_keys])
+        # every held edit's tokens in one product (the same numbers as scoring each edit alone, one call)
+        keys = self.read(torch.cat(memory.edit_keys))
+        lengths = torch.tensor([k.shape[0] for k in memory.edit_keys], device=keys.device)
+        norms = torch.linalg.vector_norm(keys @ self.change(index).T, dim=-1)
+        if self.relative_scores:
+            norms = norms / torch.linalg.vector_norm(keys, dim=-1).clamp(min=torch.finfo(norms.dtype).tiny)
+        owner = torch.repeat_interleave(torch.arange(len(lengths), device=keys.device), lengths)
+        scores = norms.new_zeros(len(lengths)).index_add_(0, owner, norms) / lengths
         memory.threshold = threshold(scores, self.act_ratio)
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
