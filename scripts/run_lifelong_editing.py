@@ -117,6 +117,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
         "summary": run_out["summary"],
         "alg_name": hparams.alg_name,
         "sequential_edit": cfg.sequential_edit,
+        "blocks": run_out["blocks"],
         "requests": run_out["requests"],
         **({"neighbourhood": run_out["neighbourhood"]} if "neighbourhood" in run_out else {}),
         "config": {"run": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams.to_dict(),

@@ -77,6 +77,13 @@ def test_multirun_writes_a_comparison_that_the_result_files_alone_regenerate(tin
         for t in (2, 3):
             assert f"| {method} | {t} | seq | zsre |" in table
     assert (out / "comparison.png").stat().st_size > 10_000
+    assert (out / "retention.png").stat().st_size > 10_000
+    import json
+
+    result = json.loads(next(out.rglob("*T3*/results.json")).read_text())
+    blocks = result["blocks"]  # 3 edits: one block per edit, in stream order
+    assert [(b["first"], b["last"]) for b in blocks] == [(0, 0), (1, 1), (2, 2)]
+    assert [b["rel"] for b in blocks] == [r["rewrite_acc"] for r in result["requests"]]
     (out / "comparison.md").unlink()
     again = subprocess.run([sys.executable, "-m", "wise_edit.report", str(out)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr

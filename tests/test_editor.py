@@ -97,3 +97,14 @@ def tiny_llama_copy(model):
     copy = tiny_llama()
     copy.load_state_dict(model.state_dict())
     return copy
+
+
+def test_blocks_split_the_stream_by_position_into_tenths():
+    from wise_edit.editor import by_block
+
+    results = [{"rewrite_acc": float(i < 50), "locality": 1.0} for i in range(100)]
+    blocks = by_block(results)
+    assert [(b["first"], b["last"], b["n"]) for b in blocks] == [(10 * i, 10 * i + 9, 10) for i in range(10)]
+    assert [b["rel"] for b in blocks] == [1.0] * 5 + [0.0] * 5
+    assert [b["n"] for b in by_block(results[:13])] == [1, 2, 1, 1, 1, 2, 1, 1, 2, 1]  # edges round(13 i / 10)
+

@@ -135,7 +135,7 @@ class LifelongEditor:
             result["final_loss"] = curve[-1] if curve else None
         total = time.perf_counter() - start + resumed_seconds
         summary = summarize(results, rephrase_name)
-        out: dict[str, Any] = {"summary": summary, "requests": results}
+        out: dict[str, Any] = {"summary": summary, "requests": results, "blocks": by_block(results, rephrase_name)}
         if neighbourhood is not None:
             summary["nloc"] = statistics.fmean(neighbours)
             out["neighbourhood"] = [{"prompt": p, "answer": a, "nloc": v}
@@ -251,6 +251,16 @@ def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict
         summary["avg"] = statistics.fmean(parts)
     summary["n"] = len(results)
     return summary
+
+
+def by_block(results: list[dict[str, Any]], rephrase_name: str = "gen", n_blocks: int = 10
+             ) -> list[dict[str, Any]]:
+    """Retention: the metrics of each of ``n_blocks`` consecutive blocks of the stream (by edit position), all
+    scored on the same final model, so the first block says what the oldest edits kept."""
+    n = len(results)
+    edges = [round(i * n / n_blocks) for i in range(n_blocks + 1)]
+    return [{"first": a, "last": b - 1, **summarize(results[a:b], rephrase_name)}
+            for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],

@@ -1,8 +1,9 @@
 """Comparison of methods across stream lengths, rebuilt from result files alone.
 
 ``python -m wise_edit.report outputs/compare`` (or the Hydra multirun callback) reads every ``results.json``
-under a directory and writes ``comparison.md`` (Rel/Gen/Loc/Avg per method and T) and ``comparison.png``
-(each metric against T, one line per method).
+under a directory and writes ``comparison.md`` (Rel/Gen/Loc/Avg per method and T), ``comparison.png``
+(each metric against T, one line per method) and ``retention.png`` (Rel of each tenth of the stream, by
+position, after the whole stream: the longest sequential run of each method).
 """
 
 from __future__ import annotations
@@ -65,7 +66,37 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
     plot = root / "comparison.png"
     fig.savefig(plot, dpi=120)
     plt.close(fig)
+    _retention_plot(root, plt)
     return markdown, plot
+
+
+def _retention_plot(root: Path, plt: Any) -> Path | None:
+    """Rel by block of the longest sequential run of each (data, method) that records blocks."""
+    longest: dict[tuple[str, str], tuple[int, list[dict[str, Any]]]] = {}
+    for path in sorted(root.rglob("results.json")):
+        payload = json.loads(path.read_text())
+        run = payload["config"]["run"]
+        if not payload.get("blocks") or not payload.get("sequential_edit", run.get("sequential_edit")):
+            continue
+        key = (run.get("data", {}).get("name", ""), payload["alg_name"])
+        if key not in longest or int(run["ds_size"]) > longest[key][0]:
+            longest[key] = (int(run["ds_size"]), payload["blocks"])
+    if not longest:
+        return None
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for (data, method), (size, blocks) in sorted(longest.items()):
+        ax.plot([(b["first"] + b["last"]) / 2 for b in blocks], [b["rel"] for b in blocks], marker="o",
+                label=f"{method} ({data}, T={size})")
+    ax.set_xlabel("edit position in the stream")
+    ax.set_ylabel("Rel after the whole stream")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = root / "retention.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 try:
