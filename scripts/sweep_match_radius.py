@@ -89,7 +89,8 @@ def main() -> None:
     out = run / "match_radius_sweep.json"
     write_json(out, {"run": str(run), "rows": rows, "hparams": hp.to_dict(), "match_texts": hp.match_texts,
                      "code_version": code_version()})
-    plot(rows, run / "match_radius_sweep.png", f"{payload['alg_name']} T={cfg['ds_size']} ({data['path']})")
+    plot(rows, run / "match_radius_sweep.png",
+         f"{payload['alg_name']} T={cfg['ds_size']}, {Path(data['path']).name}: Gen and Rel against nloc by radius")
     print(f"written {out}")
 
 
@@ -103,11 +104,11 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for metric, marker in (("gen", "o"), ("rel", "s")):
         ax.plot([r["nloc"] for r in gated], [r[metric] for r in gated], marker=marker, label=metric.capitalize())
-        for r in gated:
-            ax.annotate(r["radius"], (r["nloc"], r[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for r in gated:
+        ax.annotate(r["radius"], (r["nloc"], r["gen"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
     for r in rows:
         if r["radius"] == "none":
-            ax.scatter([r["nloc"]], [r["gen"]], marker="x", color="k", label="paper's router (Gen)")
+            ax.scatter([r["nloc"]], [r["gen"]], marker="x", color="k", label="no gate (Gen)")
     ax.set_xlabel("neighbourhood Loc (nloc)")
     ax.set_ylabel("score")
     ax.set_title(title, fontsize=8)
