@@ -67,7 +67,7 @@ def test_resume_refuses_changed_hparams_and_a_shorter_stream(tiny, tmp_path):
 # --- 2. two runs into one output directory ----------------------------------------------------------------
 def test_a_second_live_run_into_the_same_output_dir_is_refused(tiny, tmp_path):
     out = tmp_path / "shared"
-    slow = cli(tiny, out, "ds_size=6", "hparams.n_iter=200", "hparams.stop_loss=0.0", background=True)
+    slow = cli(tiny, out, "ds_size=10", "hparams.n_iter=2000", "hparams.stop_loss=0.0", background=True)
     deadline = time.time() + 120
     while not (out / ".lock").exists() or not (out / ".lock").read_text():
         assert time.time() < deadline and slow.poll() is None, slow.stderr.read() if slow.poll() else "no lock"
@@ -77,7 +77,7 @@ def test_a_second_live_run_into_the_same_output_dir_is_refused(tiny, tmp_path):
     stdout, stderr = slow.communicate(timeout=600)
     assert slow.returncode == 0, stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
-    assert result["data"]["ds_size"] == 6 and result["config"]["hparams"]["n_iter"] == 200
+    assert result["data"]["ds_size"] == 10 and result["config"]["hparams"]["n_iter"] == 2000
 
 
 # --- 3. non-finite values ---------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """wise-edit: lifelong knowledge editing (WISE, MEMOIR and baselines) for the EasyEdit framework."""
 
-__version__ = "0.1.0"  # first: modules imported below read it
-
-from .editor import LifelongEditor, make_requests, summarize
-from .hparams import HyperParams, HyperParamsError
+from . import methods  # noqa: F401  (registers the built-in methods)
+from .editor import LifelongEditor, load_edits, make_requests, summarize
 from .errors import EditStateError
-from .persistence import load_edits, save_edits
+from .hparams import HyperParams, HyperParamsError
+from .persistence import save_edits
 from .registry import get_method, register_method, registered_methods
+from .version import __version__
 
 __all__ = ["LifelongEditor", "HyperParams", "HyperParamsError", "get_method", "register_method",
-           "registered_methods", "make_requests", "summarize", "save_edits", "load_edits", "EditStateError"]
+           "registered_methods", "make_requests", "summarize", "save_edits", "load_edits", "EditStateError",
+           "__version__"]

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from . import __version__
+from .version import __version__
 from .hparams import HyperParams
 from .metrics import generation_exact_match, locality, score_answers
 from .models import load_model, load_tokenizer
@@ -46,6 +46,17 @@ class LifelongEditor:
     @classmethod
     def from_hparams(cls, hparams: HyperParams) -> "LifelongEditor":
         return cls(hparams)
+
+    @classmethod
+    def from_saved(cls, directory: str | Path, model: PreTrainedModel | None = None,
+                   tok: PreTrainedTokenizerBase | None = None) -> "LifelongEditor":
+        """An editor over a fresh base model (loaded from the saved ``model_name`` unless given) with the
+        edits saved in ``directory``."""
+        meta = read_meta(directory)
+        hparams = HyperParams.from_dict(meta["hparams"], source=str(Path(directory) / META_FILE))
+        editor = cls(hparams, model=model, tok=tok)
+        restore(editor, directory)
+        return editor
 
     def edit(self, prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts: Sequence[str] | None = None,
              locality_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
@@ -306,3 +317,10 @@ def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:
     if values is None:
         return None
     return [values] if isinstance(values, str) else list(values)
+
+
+def load_edits(directory: str | Path, model: PreTrainedModel | None = None,
+               tok: PreTrainedTokenizerBase | None = None) -> LifelongEditor:
+    """:meth:`LifelongEditor.from_saved` (the name the API has always had)."""
+    return LifelongEditor.from_saved(directory, model, tok)
+

@@ -15,6 +15,8 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
+from .registry import get_method
+
 T = TypeVar("T", bound="HyperParams")
 
 #: shortest ``max_length``: a training row must hold a question and its answer
@@ -67,8 +69,6 @@ class HyperParams:
         """Build from a plain dict, checking keys and types; the base class dispatches on ``alg_name``."""
         target = cls
         if cls is HyperParams:
-            from .registry import get_method
-
             if "alg_name" not in data:
                 raise HyperParamsError(f"{source}: missing required key 'alg_name'")
             target = get_method(str(data["alg_name"])).hparams_cls

@@ -17,10 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel
 
 from .errors import EditStateError, NonFiniteError
-from .hparams import HyperParams
 from .results import code_version
 from .sites import resolve_site
 
@@ -114,15 +113,3 @@ def restore(editor: "LifelongEditor", directory: str | Path) -> dict[str, Any]:
     editor.method.load_extra_state(meta.get("method_state", {}))
     editor.edit_log = list(meta["edit_log"])
     return meta
-
-
-def load_edits(directory: str | Path, model: PreTrainedModel | None = None,
-               tok: PreTrainedTokenizerBase | None = None) -> "LifelongEditor":
-    """An editor over a fresh base model (loaded from the saved ``model_name`` unless given) with the edits."""
-    from .editor import LifelongEditor
-
-    meta = read_meta(directory)
-    hparams = HyperParams.from_dict(meta["hparams"], source=str(Path(directory) / META_FILE))
-    editor = LifelongEditor(hparams, model=model, tok=tok)
-    restore(editor, directory)
-    return editor

@@ -33,8 +33,7 @@ def register_method(alg_name: str, hparams_cls: type["HyperParams"], method_cls:
 
 
 def get_method(alg_name: str) -> MethodSpec:
-    from . import methods  # noqa: F401  (registers the built-in methods)
-
+    """The registered method ``alg_name`` (the built-in ones register when ``wise_edit`` is imported)."""
     try:
         return _METHODS[alg_name]
     except KeyError:
@@ -42,6 +41,4 @@ def get_method(alg_name: str) -> MethodSpec:
 
 
 def registered_methods() -> list[str]:
-    from . import methods  # noqa: F401
-
     return sorted(_METHODS)

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 import transformers
 
-from . import __version__
+from .version import __version__
 from .errors import RunError
 
 
