@@ -29,11 +29,20 @@ def test_model_shape_and_tied_embeddings(smol):
     assert tok.decode(out[0, ids.input_ids.shape[1]:]).strip().startswith("Paris")
 
 
-@pytest.mark.xfail(strict=True, reason="open (neighbourhood-locality issue): after the edit 'What is the capital of "
-                   "France?' answers ' Perth Amboy is the capital': a question that differs from the edited one in "
-                   "one word gets nearly the same TopHash mask")
-def test_memoir_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smol, tmp_path, monkeypatch):
-    """The shipped MEMOIR file: an edited capital changes, the capitals of other countries do not."""
+LEAK = {
+    "MEMOIR": "after the edit 'What is the capital of France?' answers ' Perth Amboy is the capital': a question "
+              "that differs from the edited one in one word gets nearly the same TopHash mask",
+    "WISE": "the match gate passes the ZsRE dev stream (nloc 0.986) but not one-word neighbours: at layer 25 every "
+            "token key of 'What is the capital of France?' has cosine > 0.95 with the same token of '... "
+            "Australia?', so neither the activation router nor the key match tells them apart; 'Which city is "
+            "Australia's capital?' matches 0.67 (< 0.7) and is answered by the unedited model",
+}
+
+
+@pytest.mark.parametrize("alg", [pytest.param(alg, marks=pytest.mark.xfail(
+    strict=True, reason=f"open (neighbourhood-locality issue): {why}")) for alg, why in LEAK.items()])
+def test_an_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smol, tmp_path, monkeypatch, alg):
+    """The shipped file: an edited capital changes, the capitals of other countries do not."""
     import json
 
     import torch
@@ -43,50 +52,7 @@ def test_memoir_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours
 
     monkeypatch.setenv("WISE_EDIT_CACHE", str(tmp_path))  # background keys of this test only
     model, tok = smol
-    hparams = HyperParams.from_hparams(ROOT / "hparams" / "MEMOIR" / "smollm2-135m.yaml")
-    editor = LifelongEditor(hparams, model=model, tok=tok)
-    neighbours = ["What is the capital of France?", "What is the capital of Japan?"]
-
-    def greedy(prompts: list[str]) -> list[str]:
-        answers = []
-        for prompt in prompts:
-            ids = tok(prompt, return_tensors="pt")
-            with torch.no_grad():
-                out = editor.model.generate(**ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-            answers.append(tok.decode(out[0, ids.input_ids.shape[1]:]))
-        return answers
-
-    before = greedy(neighbours)
-    train = json.loads((DATA / "zsre" / "zsre_mend_train_1k.json").read_text())
-    try:
-        editor.edit(prompts=["What is the capital of Australia?", "Who wrote the novel Hamlet?",
-                             "Which planet is the largest?"],
-                    target_new=["Perth", "Jane Austen", "Saturn"],
-                    negative_prompts=[train[i]["src"] for i in range(3)], sequential_edit=True)
-        edited, rephrased = greedy(["What is the capital of Australia?", "Which city is Australia's capital?"])
-        assert edited.strip().startswith("Perth") and "Perth" in rephrased
-        assert greedy(neighbours) == before
-    finally:
-        editor.method.memory.weight.zero_()  # the model is shared with the other tests of this module
-
-
-@pytest.mark.xfail(strict=True, reason="open (neighbourhood-locality issue): the match gate passes the ZsRE dev stream "
-                   "(nloc 0.986) but not one-word neighbours: at layer 25 every token key of 'What is the capital of "
-                   "France?' has cosine > 0.95 with the same token of '... Australia?', so neither the activation "
-                   "router nor the key match can tell them apart; 'Which city is Australia's capital?' matches 0.67 "
-                   "(< 0.7) and is answered by the unedited model")
-def test_wise_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smol, tmp_path, monkeypatch):
-    """The shipped WISE file (match gate on): an edited capital changes, the capitals of other countries do not."""
-    import json
-
-    import torch
-
-    from conftest import DATA, ROOT
-    from wise_edit import HyperParams, LifelongEditor
-
-    monkeypatch.setenv("WISE_EDIT_CACHE", str(tmp_path))  # background keys of this test only
-    model, tok = smol
-    hparams = HyperParams.from_hparams(ROOT / "hparams" / "WISE" / "smollm2-135m.yaml")
+    hparams = HyperParams.from_hparams(ROOT / "hparams" / alg / "smollm2-135m.yaml")
     editor = LifelongEditor(hparams, model=model, tok=tok)
     neighbours = ["What is the capital of France?", "What is the capital of Japan?"]
 
@@ -112,4 +78,4 @@ def test_wise_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(s
         assert edited.strip().startswith("Perth") and "Perth" in rephrased
         assert greedy(neighbours) == before
     finally:
-        editor.method.side.match_radius = 2.0  # nothing reaches it: the shared model answers unedited again
+        editor.method.site.replace(editor.method.layer.base)  # the model is shared with the other tests
