@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from wise_edit import load_edits
-from wise_edit.data import add_negatives, load_dataset, load_probes
+from wise_edit.data import run_data
 from wise_edit.metrics import locality
 from wise_edit.results import code_version, write_json
 from wise_edit.routing import MAIN
@@ -55,11 +55,8 @@ def main() -> None:
     data = payload["data"]
     editor = load_edits(run / "edits")
     hp = editor.hparams
-    dataset = load_dataset(cfg["data"]["name"], data["path"], cfg["ds_size"], data.get("loc_path"),
-                           cfg["data"].get("loc_offset", 0))
-    negatives = load_probes(cfg["data"]["name"], data["negatives"]["path"], tuple(data["negatives"]["records"]))
-    add_negatives(dataset.requests, negatives)
-    probes = load_probes(cfg["data"]["name"], data["nloc_probes"]["path"], tuple(data["nloc_probes"]["records"]))
+    found = run_data(payload)
+    dataset, negatives, probes = found.dataset, found.negatives, found.probes
     side = editor.method.side
     if side.pool is None:  # a run without the gate saved no pool: collect it, then re-weigh the held edits
         editor.method.hparams = hp.replace(match_radius=1.0)

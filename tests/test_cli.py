@@ -52,6 +52,29 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
     assert "| FT-L | 3 |" in table and "nloc" in table
 
 
+def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path):
+    """scripts/score_saved.py on a run's final state gives the run's own figures (so a checkpoint at k edits
+    gives what a T=k run would)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=["alg_name=FT-L", "data=zsre", "ds_size=3", f"hparams_file={tiny_dir}",
+                                        f"output_dir={out}", "progress=false", "eval_generation=false",
+                                        f"data_root={DATA}", "checkpoint_every=2"])
+    cli.run(cfg)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_saved.py"), str(out)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = json.loads((out / "results.json").read_text())
+    scored = json.loads((out / "score_edits_T3.json").read_text())
+    assert scored["edits"] == 3
+    for name in ("rel", "gen", "loc", "nloc"):
+        assert scored["summary"][name] == pytest.approx(run["summary"][name]), name
+    assert scored["blocks"] == run["blocks"]
+
+
 def test_hparams_overrides_become_add_or_set():
     assert cli._allow_hparams_overrides(["alg_name=WISE", "hparams.edit_lr=0.5"]) == [
         "alg_name=WISE", "++hparams.edit_lr=0.5"]

@@ -223,3 +223,35 @@ def add_negatives(requests: list[dict[str, Any]], negatives: ProbeSet) -> None:
         raise DataError(f"{negatives.description['path']}: no same-form questions to use as negatives")
     for i, request in enumerate(requests):
         request["negative_prompt"] = negatives.prompts[i % len(negatives.prompts)]
+
+
+@dataclass
+class RunData:
+    """The requests (with their negatives) and neighbourhood probes a results file was made from."""
+
+    dataset: EditDataset
+    negatives: ProbeSet | None
+    probes: ProbeSet | None
+
+
+def run_data(payload: dict[str, Any], ds_size: int | None = None) -> RunData:
+    """Rebuild the first ``ds_size`` (default: all) requests of the run that wrote ``payload`` (a results.json),
+    its same-form negatives and its neighbourhood probes; every file must still hash as recorded."""
+    data, cfg = payload["data"], payload["config"]["run"]["data"]
+    for what, record in [("data", data), *[(k, data[k]) for k in ("negatives", "nloc_probes") if k in data]]:
+        if sha256_file(record["path"]) != record["sha256"]:
+            raise DataError(f"{record['path']}: changed since the run ({what} sha256 differs)")
+    dataset = load_dataset(data["name"], data["path"], ds_size or data["ds_size"], data.get("loc_path"),
+                           cfg.get("loc_offset", 0))
+
+    def same_form(record: dict[str, Any]) -> ProbeSet:  # as the run chose them: edited questions left out
+        same_file = Path(record["path"]).resolve() == Path(data["path"]).resolve()
+        return load_probes(data["name"], record["path"], tuple(record["records"]),
+                           edit_path=None if same_file else data["path"])
+
+    negatives = same_form(data["negatives"]) if "negatives" in data else None
+    if negatives is not None:
+        add_negatives(dataset.requests, negatives)
+    probes = same_form(data["nloc_probes"]) if "nloc_probes" in data else None
+    return RunData(dataset, negatives, probes)
+

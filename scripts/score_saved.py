@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Score a saved edit state of a CLI run on the requests it holds: "quality at T=k" from one long stream.
+
+    python scripts/score_saved.py outputs/WISE-zsre-T1000 --state checkpoint
+
+A run with ``checkpoint_every`` keeps its latest checkpoint in ``<run>/checkpoint`` (and its final state in
+``<run>/edits``). The state holds the first k edits of the run's stream; this scores those k requests on it,
+exactly as a run with ``ds_size=k`` scores its final model (Rel, Gen, Loc against the unedited model, nloc on
+the run's probes, and the per-block retention), and writes ``<run>/score_<state>_T<k>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from wise_edit import HyperParams, LifelongEditor
+from wise_edit.data import run_data
+from wise_edit.editor import by_block, summarize
+from wise_edit.metrics import locality
+from wise_edit.persistence import read_meta, restore
+from wise_edit.results import code_version, markdown_table, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="output_dir of a sequential CLI run")
+    parser.add_argument("--state", choices=["checkpoint", "edits"], default="edits")
+    args = parser.parse_args()
+    run = Path(args.run)
+    start = time.perf_counter()
+    payload = json.loads((run / "results.json").read_text())
+    state = run / args.state
+    meta = read_meta(state)
+    k = len(meta["edit_log"])
+    found = run_data(payload, ds_size=k)
+    requests = found.dataset.requests
+    if [(r["prompt"], r["target_new"]) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
+        raise SystemExit(f"error: {state} holds other edits than the first {k} requests of {run}/results.json")
+    editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
+    loc_before = [editor._locality_tokens([r])[0] if r.get("locality_prompt") else None for r in requests]
+    probes = found.probes
+    nloc_before = editor._answer_tokens(probes.prompts, probes.answers) if probes else None
+    restore(editor, state)
+    fmt = found.dataset.format
+    results = editor.score(requests, loc_before, fmt.rel_metric)
+    summary = summarize(results, fmt.rephrase_name)
+    if probes:
+        summary["nloc"] = statistics.fmean(locality(nloc_before, editor._answer_tokens(probes.prompts, probes.answers)))
+    out = run / f"score_{args.state}_T{k}.json"
+    write_json(out, {"summary": summary, "blocks": by_block(results, fmt.rephrase_name), "requests": results,
+                     "state": str(state), "edits": k, "alg_name": meta["alg_name"], "code_version": code_version(),
+                     "seconds": time.perf_counter() - start})
+    print(markdown_table([{"method": meta["alg_name"], "T": k, **summary}]))
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
