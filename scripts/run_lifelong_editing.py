@@ -84,6 +84,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
     from wise_edit.results import code_version, markdown_table, write_json_or_fallback
 
     start = time.perf_counter()
+    version = code_version()  # the code that runs: a checkout changed during a long run must not be recorded
     hparams_file = _project_path(cfg.hparams_file or f"hparams/{cfg.alg_name}/{cfg.model}.yaml")
     hparams = HyperParams.from_hparams(hparams_file)
     overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
@@ -122,7 +123,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
         **({"neighbourhood": run_out["neighbourhood"]} if "neighbourhood" in run_out else {}),
         "config": {"run": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams.to_dict(),
                    "hparams_file": str(hparams_file)},
-        "code_version": code_version(),
+        "code_version": version,
         "model": {"name": hparams.model_name, "path": resolve_model_path(hparams.model_name)},
         "data": {**dataset.describe(), **sources, **({"nloc_probes": probes.description} if probes else {})},
         "timing": run_out["timing"],
