@@ -52,8 +52,7 @@ class SiteRunner:
         self._rows, self._cols = rows, cols
         self.targets = labels[:, 1:][rows, cols]
         self._keys = self._capture()
-        #: smallest lead of a target token's logit over the best other token at the last loss evaluation
-        self.lead = -float("inf")
+        self._scored: tuple[torch.Tensor, torch.Tensor] | None = None  # last loss evaluation's logits, targets
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
@@ -117,6 +116,15 @@ class SiteRunner:
             hook.remove()
         return logits[self._rows, self._cols]
 
+    def record(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """Keep a loss evaluation's logits (N, V) and targets (N,) for :attr:`lead` (read only when asked)."""
+        self._scored = (logits.detach(), targets)
+
+    @property
+    def lead(self) -> float:
+        """Smallest lead of a target token's logit over the best other token at the last loss evaluation."""
+        return -float("inf") if self._scored is None else token_lead(*self._scored)
+
     def holds(self, margin: float | None) -> Callable[[], bool] | None:
         """A ``done`` test for :func:`~wise_edit.training.loop.optimise`: every target token leads by ``margin``
         at the last loss evaluation (None: no such test)."""
@@ -126,10 +134,10 @@ class SiteRunner:
         """Mean cross-entropy of the label tokens; with ``rows_per_request``, the sum of each request's mean.
 
         Summing per request keeps a batch of edits as strong as the same edits one at a time (a plain mean
-        would give each of k edits 1/k of its gradient). Records :attr:`lead` on the way.
+        would give each of k edits 1/k of its gradient). Records the logits for :attr:`lead`.
         """
         logits = self.logits(ffn).float()
-        self.lead = token_lead(logits, self.targets)
+        self.record(logits, self.targets)
         losses = nn.functional.cross_entropy(logits, self.targets, reduction="none")
         if rows_per_request is None:
             return losses.mean()

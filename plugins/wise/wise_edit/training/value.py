@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .loop import optimise
-from .runner import SiteRunner, token_lead
+from .runner import SiteRunner
 from .subject import SubjectBatch
 
 
@@ -47,7 +47,7 @@ def optimise_values(runner: SiteRunner, rows: SubjectBatch, n_requests: int, sca
     def loss() -> torch.Tensor:
         logits = runner.logits(ffn).float()
         total = F.cross_entropy(logits[~kl_logits], runner.targets[~kl_logits])
-        runner.lead = token_lead(logits[~kl_logits], runner.targets[~kl_logits])
+        runner.record(logits[~kl_logits], runner.targets[~kl_logits])
         if kl_factor:
             current = F.log_softmax(logits[kl_logits], dim=-1)
             total = total + kl_factor * F.kl_div(current, reference, log_target=True, reduction="batchmean")
