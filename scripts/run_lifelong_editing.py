@@ -53,11 +53,10 @@ def _same_form(name: str, path: str, records, data_path: Path, requests: list[di
     Questions the edit file also asks are left out (a fixed set whatever T); when ``path`` is the edit file
     itself (a dev stream drawn from the train file), the ranges must not overlap the stream's own edits.
     """
-    from wise_edit.data import DataError, load_probes
+    from wise_edit.data import DataError, load_same_form
 
     path = _project_path(path)
-    same_file = path.resolve() == data_path.resolve()
-    found = load_probes(name, path, tuple(records), edit_path=None if same_file else data_path)
+    found = load_same_form(name, path, tuple(records), data_path)
     edited = {r["prompt"] for r in requests}
     clash = [p for p in found.prompts if p in edited]
     if clash:

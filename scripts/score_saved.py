@@ -41,15 +41,15 @@ def main() -> None:
     if [(r["prompt"], r["target_new"]) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
         raise SystemExit(f"error: {state} holds other edits than the first {k} requests of {run}/results.json")
     editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
-    loc_before = [editor._locality_tokens([r])[0] if r.get("locality_prompt") else None for r in requests]
+    loc_before = editor.locality_before(requests)
     probes = found.probes
-    nloc_before = editor._answer_tokens(probes.prompts, probes.answers) if probes else None
+    nloc_before = editor.answer_tokens(probes.prompts, probes.answers) if probes else None
     restore(editor, state)
     fmt = found.dataset.format
     results = editor.score(requests, loc_before, fmt.rel_metric)
     summary = summarize(results, fmt.rephrase_name)
     if probes:
-        summary["nloc"] = statistics.fmean(locality(nloc_before, editor._answer_tokens(probes.prompts, probes.answers)))
+        summary["nloc"] = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))
     out = run / f"score_{args.state}_T{k}.json"
     write_json(out, {"summary": summary, "blocks": by_block(results, fmt.rephrase_name), "requests": results,
                      "state": str(state), "edits": k, "alg_name": meta["alg_name"], "code_version": code_version(),

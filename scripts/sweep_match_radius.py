@@ -65,13 +65,13 @@ def main() -> None:
     requests = dataset.requests
     with_loc = [r for r in requests if r.get("locality_prompt")]
     side.match_radius = NOTHING
-    loc_before = [editor._locality_tokens([r])[0] if r.get("locality_prompt") else None for r in requests]
-    nloc_before = editor._answer_tokens(probes.prompts, probes.answers)
+    loc_before = editor.locality_before(requests)
+    nloc_before = editor.answer_tokens(probes.prompts, probes.answers)
     rows = []
     for value in args.radii:
         side.match_radius = None if value == "none" else float(value)
         results = editor.score(requests, loc_before)
-        nloc = statistics.fmean(locality(nloc_before, editor._answer_tokens(probes.prompts, probes.answers)))
+        nloc = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))
         row = {"radius": value,
                "rel": statistics.fmean(r["rewrite_acc"] for r in results),
                "gen": statistics.fmean(r["rephrase_acc"] for r in results if "rephrase_acc" in r),

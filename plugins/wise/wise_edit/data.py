@@ -216,6 +216,13 @@ def load_probes(name: str, path: str | Path, records: tuple[int, int], edit_path
                                        "left_out_as_edited": skipped})
 
 
+def load_same_form(name: str, path: str | Path, records: tuple[int, int], data_path: str | Path) -> ProbeSet:
+    """Probes from ``path`` for a stream edited from ``data_path``: questions the edit file also asks are left
+    out, unless the probes come from the edit file itself (a dev stream, whose ranges the caller keeps apart)."""
+    same_file = Path(path).resolve() == Path(data_path).resolve()
+    return load_probes(name, path, records, edit_path=None if same_file else data_path)
+
+
 def add_negatives(requests: list[dict[str, Any]], negatives: ProbeSet) -> None:
     """Give request ``i`` the same-form question ``negatives.prompts[i % n]`` as its ``negative_prompt``: an
     unedited question of the edits' form that training-time regularisers may push away from the edit."""
@@ -244,10 +251,8 @@ def run_data(payload: dict[str, Any], ds_size: int | None = None) -> RunData:
     dataset = load_dataset(data["name"], data["path"], ds_size or data["ds_size"], data.get("loc_path"),
                            cfg.get("loc_offset", 0))
 
-    def same_form(record: dict[str, Any]) -> ProbeSet:  # as the run chose them: edited questions left out
-        same_file = Path(record["path"]).resolve() == Path(data["path"]).resolve()
-        return load_probes(data["name"], record["path"], tuple(record["records"]),
-                           edit_path=None if same_file else data["path"])
+    def same_form(record: dict[str, Any]) -> ProbeSet:
+        return load_same_form(data["name"], record["path"], tuple(record["records"]), data["path"])
 
     negatives = same_form(data["negatives"]) if "negatives" in data else None
     if negatives is not None:

@@ -92,11 +92,8 @@ class LifelongEditor:
         if neighbourhood is not None and not sequential_edit:
             raise ValueError("neighbourhood locality is measured on the final model of a sequential stream; "
                              "sequential_edit is False")
-        has_loc = [bool(r.get("locality_prompt")) for r in requests]
-        neighbours_before = self._answer_tokens(*neighbourhood) if neighbourhood is not None else None
-        loc_before = self._locality_tokens([r for r, h in zip(requests, has_loc) if h])
-        before_iter = iter(loc_before)
-        loc_before_all = [next(before_iter) if h else None for h in has_loc]
+        neighbours_before = self.answer_tokens(*neighbourhood) if neighbourhood is not None else None
+        loc_before_all = self.locality_before(requests)
         with phase("prepare"):
             self.method.prepare(requests, same_form)
         edit_seconds, losses, done = 0.0, [], 0
@@ -127,7 +124,7 @@ class LifelongEditor:
             with phase("score"):
                 results = self.score(requests, loc_before_all, rel_metric, eval_generation)
                 if neighbourhood is not None:
-                    neighbours = locality(neighbours_before, self._answer_tokens(*neighbourhood))
+                    neighbours = locality(neighbours_before, self.answer_tokens(*neighbourhood))
         else:
             snapshot = self.method.state_dict()
             results = []
@@ -200,11 +197,18 @@ class LifelongEditor:
         log.warning("resuming after %d edits from the checkpoint in %s", done, directory)
         return float(meta["edit_seconds"]), list(meta["losses"]), done
 
+    def locality_before(self, requests: list[dict[str, Any]]) -> list[torch.Tensor | None]:
+        """Per request, the current model's argmax tokens on its locality probe (None where it has none): what
+        :meth:`score` compares against, taken before the first edit."""
+        has_loc = [bool(r.get("locality_prompt")) for r in requests]
+        found = iter(self._locality_tokens([r for r, h in zip(requests, has_loc) if h]))
+        return [next(found) if h else None for h in has_loc]
+
     def _locality_tokens(self, requests: list[dict[str, Any]]) -> list[torch.Tensor]:
-        return self._answer_tokens([r["locality_prompt"] for r in requests],
+        return self.answer_tokens([r["locality_prompt"] for r in requests],
                                    [r["locality_ground_truth"] for r in requests])
 
-    def _answer_tokens(self, prompts: list[str], answers: list[str]) -> list[torch.Tensor]:
+    def answer_tokens(self, prompts: list[str], answers: list[str]) -> list[torch.Tensor]:
         """The model's argmax tokens at the answer positions (what Loc and nloc compare before and after)."""
         return score_answers(self.model, self.tok, prompts, answers).predictions if prompts else []
 

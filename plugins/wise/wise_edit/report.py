@@ -21,7 +21,8 @@ PLOTTED = ("rel", "gen", "loc", "nloc", "avg")
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
-    """One row per result file under ``root``: method, T, protocol, metrics, seconds per edit, source path."""
+    """One row per result file under ``root``: method, T, protocol, metrics, seconds per edit, source path, and
+    the retention blocks where the file has them."""
     rows = []
     for path in sorted(Path(root).rglob("results.json")):
         payload = json.loads(path.read_text())
@@ -29,7 +30,8 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         protocol = "seq" if payload.get("sequential_edit", run.get("sequential_edit")) else "T=1"
         rows.append({"method": payload["alg_name"], "T": int(run["ds_size"]), "protocol": protocol,
                      "data": run.get("data", {}).get("name", ""), **payload["summary"],
-                     "s/edit": payload["timing"]["seconds_per_edit"], "source": str(path.relative_to(root))})
+                     "s/edit": payload["timing"]["seconds_per_edit"], "source": str(path.relative_to(root)),
+                     "blocks": payload.get("blocks")})
     if not rows:
         raise FileNotFoundError(f"no results.json under {root}")
     return sorted(rows, key=lambda r: (r["data"], r["protocol"], r["method"], r["T"]))
@@ -66,21 +68,19 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
     plot = root / "comparison.png"
     fig.savefig(plot, dpi=120)
     plt.close(fig)
-    _retention_plot(root, plt)
+    _retention_plot(rows, root, plt)
     return markdown, plot
 
 
-def _retention_plot(root: Path, plt: Any) -> Path | None:
+def _retention_plot(rows: list[dict[str, Any]], root: Path, plt: Any) -> Path | None:
     """Rel by block of the longest sequential run of each (data, method) that records blocks."""
     longest: dict[tuple[str, str], tuple[int, list[dict[str, Any]]]] = {}
-    for path in sorted(root.rglob("results.json")):
-        payload = json.loads(path.read_text())
-        run = payload["config"]["run"]
-        if not payload.get("blocks") or not payload.get("sequential_edit", run.get("sequential_edit")):
+    for row in rows:
+        if not row["blocks"] or row["protocol"] != "seq":
             continue
-        key = (run.get("data", {}).get("name", ""), payload["alg_name"])
-        if key not in longest or int(run["ds_size"]) > longest[key][0]:
-            longest[key] = (int(run["ds_size"]), payload["blocks"])
+        key = (row["data"], row["method"])
+        if key not in longest or row["T"] > longest[key][0]:
+            longest[key] = (row["T"], row["blocks"])
     if not longest:
         return None
     fig, ax = plt.subplots(figsize=(5.5, 3.6))

@@ -86,7 +86,8 @@ class WISE(EditMethod):
             change = fixed + live * mask
             scores = activation_scores(side.read(keys), change, scored)
             routing_loss.append(margin_loss(scores[~irrelevant], scores[irrelevant], alpha, beta, gamma))
-            routed[0] = separated(scores.detach()[~irrelevant], scores.detach()[irrelevant], beta, gamma)
+            if hp.stop_margin is not None:
+                routed[0] = separated(scores.detach()[~irrelevant], scores.detach()[irrelevant], beta, gamma)
             return F.linear(keys, weight + change) - F.linear(side.center, change)
 
         def loss() -> torch.Tensor:

@@ -16,12 +16,18 @@ import torch
 from ...routing import MAIN
 
 
-def activation_scores(keys: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
-                      relative: bool = False) -> torch.Tensor:
-    """(B,) mean over the masked tokens of ||keys @ delta^T|| (``relative``: divided by ||keys||)."""
+def token_scores(keys: torch.Tensor, delta: torch.Tensor, relative: bool = False) -> torch.Tensor:
+    """(...,) ||key @ delta^T|| of each key (``relative``: divided by ||key||)."""
     norms = torch.linalg.vector_norm(keys @ delta.T, dim=-1)
     if relative:
         norms = norms / torch.linalg.vector_norm(keys, dim=-1).clamp(min=torch.finfo(norms.dtype).tiny)
+    return norms
+
+
+def activation_scores(keys: torch.Tensor, delta: torch.Tensor, mask: torch.Tensor,
+                      relative: bool = False) -> torch.Tensor:
+    """(B,) mean over the masked tokens of :func:`token_scores`."""
+    norms = token_scores(keys, delta, relative)
     mask = mask.to(norms.dtype)
     return (norms * mask).sum(-1) / mask.sum(-1).clamp(min=1)
 

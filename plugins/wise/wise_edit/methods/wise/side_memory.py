@@ -21,7 +21,7 @@ import torch
 from ...errors import EditStateError, check_shape
 from ...matching import TokenIndex, token_weights
 from ...routing import MAIN
-from .router import activation_scores, select, threshold
+from .router import activation_scores, select, threshold, token_scores
 
 
 @dataclass
@@ -99,9 +99,7 @@ class SideMemory:
         # every held edit's tokens in one product (the same numbers as scoring each edit alone, one call)
         keys = self.read(torch.cat(memory.edit_keys))
         lengths = torch.tensor([k.shape[0] for k in memory.edit_keys], device=keys.device)
-        norms = torch.linalg.vector_norm(keys @ self.change(index).T, dim=-1)
-        if self.relative_scores:
-            norms = norms / torch.linalg.vector_norm(keys, dim=-1).clamp(min=torch.finfo(norms.dtype).tiny)
+        norms = token_scores(keys, self.change(index), self.relative_scores)
         owner = torch.repeat_interleave(torch.arange(len(lengths), device=keys.device), lengths)
         scores = norms.new_zeros(len(lengths)).index_add_(0, owner, norms) / lengths
         memory.threshold = threshold(scores, self.act_ratio)
