@@ -212,3 +212,17 @@ def test_rome_without_mom2_adjustment_updates_along_the_key_and_reads_no_corpus(
     other = torch.randn(key.shape[0])
     other -= (other @ key) / (key @ key) * key  # orthogonal to the subject's key: untouched
     assert (update @ other).abs().max() < 1e-5 * update.abs().max() * other.norm()
+
+
+def test_a_model_handed_in_with_gradients_on_is_edited_like_a_frozen_one(tok, corpus):
+    # EasyEdit's BaseEditor hands over a model whose parameters all require gradients; ROME's value vector was
+    # then optimised through a graph kept from the first step ("backward through the graph a second time")
+    trainable = tiny_llama().requires_grad_(True)
+    frozen = tiny_llama()
+    results = []
+    for model in (trainable, frozen):
+        editor = LifelongEditor(rome_hp(corpus), model=model, tok=tok)
+        editor.method.apply(AT_END[:1])
+        results.append(editor.method.site.linear.weight.detach().clone())
+    assert not any(p.requires_grad for p in trainable.parameters())
+    assert torch.equal(results[0], results[1])

@@ -1,12 +1,16 @@
-"""The EasyEdit bridge against the PyPI ``easyeditor==0.0.1.dev0`` (run in .venv-easyedit, see scripts/test.sh)."""
+"""The EasyEdit bridge, run in .venv-easyedit against the PyPI ``easyeditor==0.0.1.dev0`` and again against
+upstream EasyEdit 14cea82 (scripts/test.sh)."""
 
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from wise_edit import registered_methods
+from wise_edit.hparams import HyperParamsError
 from wise_edit.routing import MAIN
 
 from conftest import DATA, REQUESTS, ROOT, byte_tokenizer, routes, tiny_llama
@@ -31,15 +35,26 @@ def test_plugin_alone_never_imports_easyeditor_nor_patches_transformers():
     assert out.split() == ["False", "False"]
 
 
+FRAMEWORK_OWN = {name for name in alg_dict.ALG_DICT if name in registered_methods()}
+
+
+@pytest.fixture(autouse=True)
+def restore_alg_dict():
+    saved = dict(alg_dict.ALG_DICT)
+    yield
+    alg_dict.ALG_DICT.clear()
+    alg_dict.ALG_DICT.update(saved)
+
+
 def test_register_is_explicit_idempotent_and_keeps_the_frameworks_methods():
+    assert {"ROME", "MEMIT"} <= FRAMEWORK_OWN  # both releases; upstream also has WISE and GRACE
     framework_rome = alg_dict.ALG_DICT["ROME"]
     added = easyedit.register()
-    assert {"WISE", "MEMOIR", "GRACE", "FT-L"} <= set(added) and "ROME" not in added
+    assert set(added) == set(registered_methods()) - FRAMEWORK_OWN and "MEMOIR" in added
     assert alg_dict.ALG_DICT["ROME"] is framework_rome
     assert easyedit.register() == []
-    assert set(easyedit.register(override=True)) == {"ROME", "MEMIT"}
+    assert set(easyedit.register(override=True)) == FRAMEWORK_OWN
     assert alg_dict.ALG_DICT["ROME"].wise_edit_alg == "ROME"
-    alg_dict.ALG_DICT["ROME"] = framework_rome
 
 
 def test_hparams_file_loads_through_a_framework_derived_class(tmp_path):
@@ -60,7 +75,7 @@ def test_hparams_file_loads_through_a_framework_derived_class(tmp_path):
     ("MEMOIR", {"edit_lr": 5.0, "n_iter": 30, "top_k": 32, "irr_threshold": 0.6}),
 ])
 def test_edit_through_alg_dict_takes_effect_and_accumulates(alg, extra):
-    easyedit.register()
+    easyedit.register(override=True)
     hp = easyedit.hparams_class(alg).from_hparams(ROOT / "hparams" / alg / "smollm2-135m.yaml").replace(
         **TINY, **extra)
     model, tok = tiny_llama(), byte_tokenizer()
@@ -96,3 +111,37 @@ def test_zsre_dataset_records_are_accepted_as_they_are():
     assert len(editor.method.memory.db) == 3
     assert [e["prompt"] for e in editor.edit_log] == [records[i]["prompt"] for i in range(3)]
     assert editor.method.memory.weight.abs().sum() > 0
+
+
+def test_hparams_carry_the_frameworks_settings_and_a_model_name_its_loader_knows(tmp_path, monkeypatch):
+    monkeypatch.setenv("WISE_EDIT_CACHE", str(tmp_path / "cache"))
+    model_dir = tmp_path / "smollm2-135m"  # a local model whose directory name selects no framework loader
+    tiny_llama().save_pretrained(model_dir)
+    yaml = tmp_path / "wise.yaml"
+    yaml.write_text((ROOT / "hparams" / "WISE" / "smollm2-135m.yaml").read_text().replace(
+        "model_name: smollm2-135m", f"model_name: {model_dir}") + "model_parallel: false\nfp16: false\n")
+    hp = easyedit.hparams_class("WISE").from_hparams(yaml)
+    assert (hp.model_parallel, hp.fp16, hp.use_chat_template, hp.evaluation_type) == (False, False, False, None)
+    assert "llama" in hp.model_name.lower() and "gpt" not in hp.model_name.lower()
+    assert (Path(hp.model_name) / "config.json").exists()
+    assert Path(hp.model_name).resolve() == model_dir.resolve()
+    again = hp.replace(edit_lr=0.5)
+    assert again.model_name == hp.model_name and again.model_parallel is False and again.edit_lr == 0.5
+    yaml.write_text(yaml.read_text() + "use_chat_template: true\n")
+    with pytest.raises(HyperParamsError, match="use_chat_template"):
+        easyedit.hparams_class("WISE").from_hparams(yaml)
+
+
+def test_a_model_type_without_a_framework_loader_is_a_clear_error(tmp_path):
+    (tmp_path / "opt-ish").mkdir()
+    (tmp_path / "opt-ish" / "config.json").write_text('{"model_type": "opt"}')
+    with pytest.raises(HyperParamsError, match="no loader for model_type 'opt'"):
+        easyedit.framework_model_path(str(tmp_path / "opt-ish"))
+
+
+def test_the_frameworks_own_method_reading_plugin_hparams_says_what_to_do():
+    easyedit.register()  # keeps the framework's own ROME
+    hp = easyedit.hparams_class("ROME").from_hparams(ROOT / "hparams" / "ROME" / "smollm2-135m.yaml")
+    with pytest.raises(AttributeError, match=r"EasyEdit's own ROME.*register\(override=True\)"):
+        hp.v_num_grad_steps  # noqa: B018  (what the framework's ROME reads)
+    assert not hasattr(hp, "v_num_grad_steps")

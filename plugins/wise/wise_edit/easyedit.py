@@ -5,10 +5,11 @@
     hparams = hparams_class("WISE").from_hparams("hparams/WISE/smollm2-135m.yaml")
     model, weights_copy = ALG_DICT["WISE"](model, tok, requests, hparams)
 
-Only what the PyPI release ``easyeditor==0.0.1.dev0`` and current upstream EasyEdit share is used: the
-``easyeditor.util.alg_dict.ALG_DICT`` dict, the ``easyeditor.util.hparams.HyperParams`` base and the apply
-function signature. Nothing here runs unless this module is imported; the rest of the plugin never imports
-``easyeditor``.
+Only what the PyPI release ``easyeditor==0.0.1.dev0`` and upstream EasyEdit (tested at 14cea82) share is
+used: the ``easyeditor.util.alg_dict.ALG_DICT`` dict, the ``easyeditor.util.hparams.HyperParams`` base, the apply
+function signature, and the settings ``BaseEditor`` and its evaluation read from any hyperparameter object
+(``model_parallel``, ``fp16``, ...; :data:`FRAMEWORK_SETTINGS`). Nothing here runs unless this module is imported;
+the rest of the plugin never imports ``easyeditor``.
 
 Edits accumulate (the lifelong protocol): each model gets one plugin editor per method, created on the first
 call and reused by every later call, so the 100th edit lands in the same memory as the first.
@@ -18,26 +19,40 @@ from __future__ import annotations
 
 import copy as copying
 import dataclasses
+import json
 import logging
 import weakref
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from .editor import LifelongEditor
-from .hparams import HyperParams
+from .hparams import HyperParams, HyperParamsError
+from .models import BUNDLED_MODELS, cache_dir, resolve_model_path
 from .registry import get_method, registered_methods
 
 log = logging.getLogger(__name__)
 
 #: keys of upstream EasyEdit YAML files that this plugin has no use for; dropped (with a note) on load
 UPSTREAM_ONLY_KEYS = frozenset({"merge_alg", "objective_optimization", "weights", "lambdas", "replay",
-                                "model_parallel", "use_chat_template", "stats_dir", "mom2_dtype",
+                                "stats_dir", "save_path", "mom2_dtype",
                                 "fact_token", "layers", "rewrite_module_tmp", "layer_module_tmp",
                                 "mlp_module_tmp", "attn_module_tmp", "ln_f_module", "lm_head_module",
                                 "context_template_length_params", "mom2_adjustment", "v_loss_layer",
                                 "mom2_n_samples", "dist_fn", "val_init", "val_train", "val_reg", "reg",
                                 "replacement", "eps_expand", "num_pert", "dropout"})
+
+#: settings the framework's ``BaseEditor`` and evaluation read from every hyperparameter object, with the
+#: framework's defaults; a YAML file may set them and they are kept on the loaded object
+FRAMEWORK_SETTINGS: dict[str, Any] = {"model_parallel": False, "fp16": False, "use_chat_template": False,
+                                      "evaluation_type": None}
+
+#: ``BaseEditor`` picks its model loader by the first of these substrings found in ``model_name`` (checked in
+#: this order by upstream EasyEdit); the value is the ``model_type`` each one serves
+FRAMEWORK_LOADERS: tuple[tuple[str, str], ...] = (
+    ("t5", "t5"), ("gpt", "gpt2"), ("gpt", "gptj"), ("gpt", "gpt_neox"), ("llama", "llama"),
+    ("baichuan", "baichuan"), ("chatglm", "chatglm"), ("internlm", "internlm"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("mistral", "mistral"))
 
 _EDITORS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, LifelongEditor]]" = weakref.WeakKeyDictionary()
 _CLASSES: dict[str, type] = {}
@@ -77,8 +92,52 @@ def framework() -> Any:
     return easyeditor
 
 
+def framework_model_path(model_name: str) -> str:
+    """A local directory of ``model_name`` whose path makes ``BaseEditor`` pick the right loader.
+
+    The framework chooses its loader by substrings of ``model_name`` (``llama``, ``qwen2``, ``gpt``, ...); the
+    bundled model's directory (``.../smollm2-135m``) has none, so a link named after the model's
+    ``model_type`` is made in the plugin's cache (``<cache>/easyedit/llama-smollm2-135m``). A directory whose path already selects the loader of its
+    ``model_type`` is returned as it is; a Hugging Face id is returned unchanged (the framework loads it).
+    """
+    if model_name not in BUNDLED_MODELS and not Path(model_name).expanduser().is_dir():
+        return model_name
+    path = Path(resolve_model_path(model_name)).expanduser().resolve()
+    try:
+        model_type = json.loads((path / "config.json").read_text())["model_type"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise HyperParamsError(f"model_name {model_name!r}: {path / 'config.json'} has no model_type") from exc
+    token = next((t for t, served in FRAMEWORK_LOADERS if served == model_type), None)
+    if token is None:
+        raise HyperParamsError(
+            f"model_name {model_name!r}: EasyEdit's BaseEditor has no loader for model_type {model_type!r} "
+            f"(it knows {sorted({served for _, served in FRAMEWORK_LOADERS})}); call ALG_DICT[alg] directly")
+    if _framework_loader(str(path)) == token:
+        return str(path)
+    link = cache_dir() / "easyedit" / f"{token}-{path.name}"
+    if _framework_loader(str(link)) != token:
+        raise HyperParamsError(f"model_name {model_name!r}: the cache path {link} selects EasyEdit's "
+                               f"{_framework_loader(str(link))!r} loader, not {token!r}; set WISE_EDIT_CACHE")
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink() or link.resolve() != path:
+        tmp = link.with_name(f".{link.name}.{id(path)}")
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(path, target_is_directory=True)
+        tmp.replace(link)  # atomic: a concurrent caller sees the old link or the new one
+    return str(link)
+
+
+def _framework_loader(model_name: str) -> str | None:
+    lowered = model_name.lower()
+    return next((token for token, _ in FRAMEWORK_LOADERS if token in lowered), None)
+
+
 def hparams_class(alg_name: str) -> type:
-    """The method's hyperparameter class, also derived from ``easyeditor.util.hparams.HyperParams``."""
+    """The method's hyperparameter class, also derived from ``easyeditor.util.hparams.HyperParams``.
+
+    Loaded objects carry the framework's settings (:data:`FRAMEWORK_SETTINGS`) and a ``model_name`` the
+    framework's ``BaseEditor`` can load (:func:`framework_model_path`), so ``BaseEditor.from_hparams`` works.
+    """
     if alg_name not in _CLASSES:
         _install_shims()
         from easyeditor.util.hparams import HyperParams as FrameworkHyperParams
@@ -89,11 +148,45 @@ def hparams_class(alg_name: str) -> type:
             dropped = sorted(set(data) & (UPSTREAM_ONLY_KEYS - {f.name for f in dataclasses.fields(ours)}))
             if dropped:
                 log.info("%s: keys %s are upstream EasyEdit settings this plugin does not use", source, dropped)
-            return ours.from_dict.__func__(cls, {k: v for k, v in data.items() if k not in dropped}, source)
+            settings = {k: data[k] for k in FRAMEWORK_SETTINGS if k in data}
+            if settings.get("use_chat_template"):
+                raise HyperParamsError(f"{source}: use_chat_template: true is not supported by the plugin's "
+                                       "editing (the framework would score in the chat template what was edited "
+                                       "without it); set it to false")
+            values = {k: v for k, v in data.items() if k not in dropped and k not in settings}
+            if "model_name" in values:
+                values["model_name"] = framework_model_path(str(values["model_name"]))
+            obj = ours.from_dict.__func__(cls, values, source)
+            for key, value in settings.items():
+                setattr(obj, key, value)
+            return obj
 
-        _CLASSES[alg_name] = type(f"{ours.__name__}ForEasyEdit", (ours, FrameworkHyperParams),
-                                  {"from_dict": classmethod(from_dict), "__module__": __name__})
+        def replace(self, **overrides: Any):
+            settings = {k: getattr(self, k) for k in FRAMEWORK_SETTINGS}
+            return type(self).from_dict({**self.to_dict(), **settings, **overrides}, source="hparams overrides")
+
+        def __getattr__(self, name: str) -> Any:  # only reached for names the object does not have
+            if name.startswith("__"):
+                raise AttributeError(name)
+            raise AttributeError(_missing_setting(type(self), name))
+
+        namespace = {"from_dict": classmethod(from_dict), "replace": replace, "__getattr__": __getattr__,
+                     "__module__": __name__, **FRAMEWORK_SETTINGS}
+        _CLASSES[alg_name] = type(f"{ours.__name__}ForEasyEdit", (ours, FrameworkHyperParams), namespace)
     return _CLASSES[alg_name]
+
+
+def _missing_setting(cls: type, name: str) -> str:
+    """Why a framework method asked a plugin hparams object for ``name``: usually, it is not the plugin's."""
+    from easyeditor.util import alg_dict
+
+    alg = cls.ALG_NAME
+    current = alg_dict.ALG_DICT.get(alg)
+    if current is not None and getattr(current, "wise_edit_alg", None) != alg:
+        return (f"{cls.__name__} has no setting {name!r}: ALG_DICT[{alg!r}] is EasyEdit's own {alg}, which reads "
+                f"its own hyperparameters. Call wise_edit.easyedit.register(override=True) to edit with the "
+                f"plugin's {alg}, or load the framework's hyperparameter class for its own {alg}")
+    return f"{cls.__name__} has no setting {name!r}"
 
 
 def _as_plugin_hparams(hparams: Any, alg_name: str) -> HyperParams:

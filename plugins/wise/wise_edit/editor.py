@@ -36,6 +36,9 @@ class LifelongEditor:
         torch.manual_seed(hparams.seed)
         self.hparams = hparams
         self.model = model if model is not None else load_model(hparams.model_name, hparams.device)
+        # a model handed in (by EasyEdit's BaseEditor, say) may still require gradients everywhere; the methods
+        # train only what they own, and a frozen base keeps the fixed parts of a step out of the autograd graph
+        self.model.requires_grad_(False)
         self.tok = tok if tok is not None else load_tokenizer(hparams.model_name)
         #: the edited matrices as they were before any edit: saved edits can only be loaded onto this base
         self.base_fingerprint = fingerprint(self.model, hparams.inner_params)
