@@ -17,6 +17,34 @@ def test_zsre_real_file():
     assert first["loc_prompt"] == train[0]["loc"] + " " + train[0]["loc_ans"]
 
 
+def test_real_files_counts_and_field_mapping():
+    zsre = load_dataset("zsre", DATA / "zsre/zsre_mend_edit.json")
+    assert len(zsre.requests) == 1037 and all("portability_prompt" in r for r in zsre.requests)
+    first = zsre.requests[0]
+    assert first["portability_prompt"].startswith("What type of sports event is the IAAF Combined Events Challenge")
+    assert first["portability_ground_truth"] == "Athletics" and first["subject"] == "IAAF Combined Events Challenge"
+    assert first["rephrase_prompt"] == "When was the IAAF Combined Events Challenge launched?"
+    temporal = load_dataset("temporal", DATA / "temporal/temporal-edit.json")
+    assert len(temporal.requests) == 75 and "portability_prompt" not in temporal.requests[0]
+    hall = load_dataset("hallucination", DATA / "hallucination/hallucination-edit.json")
+    raw = json.loads((DATA / "hallucination/hallucination-edit.json").read_text())
+    without = hall.extra["records_without_locality_probe"]
+    assert len(hall.requests) == 600 and len(without) == 7
+    assert all(not raw[i]["locality_ground_truth"].strip() and "locality_prompt" not in hall.requests[i]
+               for i in without)
+    assert sum("locality_prompt" in r for r in hall.requests) == 593
+
+
+def test_portability_probe_is_optional_but_must_be_well_formed(tmp_path):
+    records = [dict(RECORD, portability={"New Question": "p?", "New Answer": "b"}), dict(RECORD),
+               dict(RECORD, portability={"New Question": "p?", "New Answer": ""})]
+    ds = load_dataset("zsre", write(tmp_path, records))
+    assert (ds.requests[0]["portability_prompt"], ds.requests[0]["portability_ground_truth"]) == ("p?", "b")
+    assert "portability_prompt" not in ds.requests[1] and "portability_prompt" not in ds.requests[2]
+    with pytest.raises(DataError, match=r"record 1: field 'portability' must be an object"):
+        load_dataset("zsre", write(tmp_path, [dict(RECORD), dict(RECORD, portability="p?")]))
+
+
 def test_temporal_and_hallucination_formats():
     temporal = load_dataset("temporal", DATA / "temporal/temporal-edit.json", 75, DATA / "temporal/temporal-train.json")
     assert temporal.format.rephrase_name == "ood" and len(temporal.requests) == 75

@@ -108,3 +108,17 @@ def test_blocks_split_the_stream_by_position_into_tenths():
     assert [b["rel"] for b in blocks] == [1.0] * 5 + [0.0] * 5
     assert [b["n"] for b in by_block(results[:13])] == [1, 2, 1, 1, 1, 2, 1, 1, 2, 1]  # edges round(13 i / 10)
 
+
+
+def test_portability_is_scored_on_the_final_model_and_stays_out_of_avg(model, tok, requests_):
+    editor = LifelongEditor(ftl(edit_lr=0.5, n_iter=30), model=model, tok=tok)
+    port = {"one_hop": {"prompt": [r["prompt"] + " Really?" for r in requests_],
+                        "ground_truth": [r["target_new"] for r in requests_]}}
+    results, _, summary = editor.edit([r["prompt"] for r in requests_], [r["target_new"] for r in requests_],
+                                      portability_inputs=port, sequential_edit=True, progress=False)
+    expected = editor.answer_tokens(port["one_hop"]["prompt"], port["one_hop"]["ground_truth"])
+    targets = [tok(" " + r["target_new"], add_special_tokens=False).input_ids for r in requests_]
+    assert [r["portability_acc"] for r in results] == pytest.approx(
+        [(e == torch.tensor(t)).float().mean().item() for e, t in zip(expected, targets)])
+    assert summary["port"] == pytest.approx(sum(r["portability_acc"] for r in results) / len(results))
+    assert summary["avg"] == pytest.approx(summary["rel"])  # no rephrase, no locality: avg is Rel alone

@@ -48,6 +48,10 @@ def test_summary_means_and_avg():
     assert (s["rel"], s["gen"], s["loc"]) == (0.75, 0.25, 0.75)
     assert s["avg"] == pytest.approx((0.75 + 0.25 + 0.75) / 3)
     assert summarize(results, rephrase_name="ood")["ood"] == 0.25
+    with_port = [dict(r, portability_acc=p) for r, p in zip(results, (0.0, 1.0))]
+    assert summarize(with_port)["port"] == 0.5 and summarize(with_port)["avg"] == s["avg"]
+    hallucination = [{"rewrite_acc": 1.0, "rewrite_ppl": 1.5, "locality": 1.0}]
+    assert "avg" not in summarize(hallucination) and summarize(hallucination)["ppl"] == 1.5
 
 
 def test_make_requests_easyedit_arguments():

@@ -2,7 +2,8 @@
 
 A request is a dict with ``prompt``, ``target_new``, ``subject``, ``locality_prompt``, ``locality_ground_truth``,
 ``loc_prompt`` (an irrelevant text for training-time regularisers), optionally ``negative_prompt`` (an unedited
-question of the same form, :func:`add_negatives`) and, where the benchmark has one, ``rephrase_prompt``.
+question of the same form, :func:`add_negatives`) and, where the benchmark has them, ``rephrase_prompt`` and
+``portability_prompt`` / ``portability_ground_truth`` (a question that needs the edited fact, ZsRE).
 Bad records raise :class:`DataError` naming the file, the record and the field.
 """
 
@@ -33,6 +34,9 @@ class DataFormat:
     #: request keys whose field must exist but may be empty (the published Hallucination set has empty
     #: locality answers: such a request has no locality probe, and the dataset lists it)
     may_be_empty: tuple[str, ...] = ("locality_ground_truth",)
+    #: (record field, question key, answer key) of a portability probe (``summary.port``); a record without the
+    #: field, or with an empty question or answer, has none
+    portability: tuple[str, str, str] | None = None
 
 
 FORMATS: dict[str, DataFormat] = {
@@ -47,6 +51,7 @@ FORMATS: dict[str, DataFormat] = {
         },
         loc_fields=("loc", "loc_ans"),
         probe_fields=("src", "answers"),
+        portability=("portability", "New Question", "New Answer"),
     ),
     "temporal": DataFormat(
         fields={
@@ -162,10 +167,26 @@ def load_dataset(
             del request["locality_prompt"], request["locality_ground_truth"]
             no_locality.append(i)
         request["loc_prompt"] = loc_prompts[i] if loc_prompts else None
+        if fmt.portability is not None:
+            request.update(_portability(record, i, fmt.portability, path))
         requests.append(request)
     return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
                        loc_path=str(loc_path) if loc_path is not None else None,
                        extra={"records_without_locality_probe": no_locality} if no_locality else {})
+
+
+def _portability(record: dict[str, Any], index: int, spec: tuple[str, str, str], path: Path) -> dict[str, str]:
+    field_name, question_key, answer_key = spec
+    probe = record.get(field_name)
+    if probe is None:
+        return {}
+    if not isinstance(probe, dict):
+        raise DataError(f"{path}: record {index}: field {field_name!r} must be an object with "
+                        f"{question_key!r} and {answer_key!r}, got {type(probe).__name__}")
+    question, answer = probe.get(question_key), probe.get(answer_key)
+    if not (isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()):
+        return {}
+    return {"portability_prompt": question, "portability_ground_truth": answer}
 
 
 @dataclass

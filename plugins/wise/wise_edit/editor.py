@@ -65,13 +65,15 @@ class LifelongEditor:
              locality_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
              loc_prompts: Sequence[str] | None = None, subject: Sequence[str] | None = None,
              negative_prompts: Sequence[str] | None = None, sequential_edit: bool = False,
+             portability_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
              **kwargs: Any) -> tuple[list[dict[str, Any]], PreTrainedModel, dict]:
         """Edit and score; returns (per-request metrics, the edited model, summary).
 
-        ``locality_inputs`` follows EasyEdit: ``{"neighborhood": {"prompt": [...], "ground_truth": [...]}}``.
+        ``locality_inputs`` and ``portability_inputs`` follow EasyEdit:
+        ``{"neighborhood": {"prompt": [...], "ground_truth": [...]}}``.
         """
         requests = make_requests(prompts, target_new, rephrase_prompts, locality_inputs, loc_prompts, subject,
-                                 negative_prompts)
+                                 negative_prompts, portability_inputs)
         run = self.edit_requests(requests, sequential_edit=sequential_edit, **kwargs)
         return run["requests"], self.model, run["summary"]
 
@@ -232,6 +234,12 @@ class LifelongEditor:
                                 [targets[i] for i in with_reph])
             for i, acc in zip(with_reph, gen.accuracy):
                 results[i]["rephrase_acc"] = acc
+        with_port = [i for i, r in enumerate(requests) if r.get("portability_prompt")]
+        if with_port:
+            port = score_answers(self.model, self.tok, [requests[i]["portability_prompt"] for i in with_port],
+                                 [requests[i]["portability_ground_truth"] for i in with_port])
+            for i, acc in zip(with_port, port.accuracy):
+                results[i]["portability_acc"] = acc
         with_loc = [i for i, before in enumerate(loc_before) if before is not None]
         if with_loc:
             after = self._locality_tokens([requests[i] for i in with_loc])
@@ -253,19 +261,21 @@ def _expand(losses: list[list[float]], batch_size: int, total: int) -> list[list
 
 
 #: summary name -> per-request key
-SUMMARY_KEYS = {"rel": "rewrite_acc", "gen": "rephrase_acc", "loc": "locality", "ppl": "rewrite_ppl",
-                "gen_em": "generate_exact_match"}
+SUMMARY_KEYS = {"rel": "rewrite_acc", "gen": "rephrase_acc", "loc": "locality", "port": "portability_acc",
+                "ppl": "rewrite_ppl", "gen_em": "generate_exact_match"}
 
 
 def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict[str, float]:
-    """Means of each metric over the requests that have it; ``avg`` = mean of Rel, Gen and Loc."""
+    """Means of each metric over the requests that have it; ``avg`` = mean of Rel, Gen and Loc (as the WISE
+    paper's; portability is reported beside it, not in it). A benchmark whose Rel is a perplexity
+    (Hallucination: ``ppl``, lower is better) has no ``avg``: a perplexity and accuracies do not average."""
     summary: dict[str, float] = {}
     for name, key in SUMMARY_KEYS.items():
         values = [r[key] for r in results if key in r]
         if values:
             summary[rephrase_name if name == "gen" else name] = statistics.fmean(values)
     parts = [summary[k] for k in ("rel", rephrase_name, "loc") if k in summary]
-    if parts:
+    if parts and "ppl" not in summary:
         summary["avg"] = statistics.fmean(parts)
     summary["n"] = len(results)
     return summary
@@ -285,7 +295,9 @@ def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
                   rephrase_prompts: str | Sequence[str] | None = None,
                   locality_inputs: dict[str, dict[str, str | Sequence[str]]] | None = None,
                   loc_prompts: str | Sequence[str] | None = None, subject: str | Sequence[str] | None = None,
-                  negative_prompts: str | Sequence[str] | None = None) -> list[dict[str, Any]]:
+                  negative_prompts: str | Sequence[str] | None = None,
+                  portability_inputs: dict[str, dict[str, str | Sequence[str]]] | None = None
+                  ) -> list[dict[str, Any]]:
     """EasyEdit's arguments as request dicts (the format the data loaders produce).
 
     As in EasyEdit, each argument is a list with one entry per edit or, for a single edit, a plain string.
@@ -300,12 +312,14 @@ def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
     columns: dict[str, list[Any] | None] = {"rephrase_prompt": _as_list(rephrase_prompts),
                                             "loc_prompt": _as_list(loc_prompts), "subject": _as_list(subject),
                                             "negative_prompt": _as_list(negative_prompts)}
-    if locality_inputs:
-        if len(locality_inputs) != 1:
-            raise RequestError(f"locality_inputs: one group is supported, got {sorted(locality_inputs)}")
-        (group,) = locality_inputs.values()
-        columns["locality_prompt"] = _as_list(group["prompt"])
-        columns["locality_ground_truth"] = _as_list(group["ground_truth"])
+    for argument, groups, key in (("locality_inputs", locality_inputs, "locality"),
+                                  ("portability_inputs", portability_inputs, "portability")):
+        if groups:
+            if len(groups) != 1:
+                raise RequestError(f"{argument}: one group is supported, got {sorted(groups)}")
+            (group,) = groups.values()
+            columns[f"{key}_prompt"] = _as_list(group["prompt"])
+            columns[f"{key}_ground_truth"] = _as_list(group["ground_truth"])
     for name, values in columns.items():
         if values is not None and len(values) != n:
             raise RequestError(f"{n} prompts but {len(values)} {name}")

@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 
 from .results import markdown_table
 
-PLOTTED = ("rel", "gen", "loc", "nloc", "avg")
+PLOTTED = ("rel", "gen", "ood", "loc", "nloc", "port", "avg")
+TITLES = {"nloc": "Neighbourhood Loc", "port": "Portability", "ood": "OOD Gen"}
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -60,7 +61,7 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
                 ax.plot(*zip(*points), marker="o", label=method)
         ax.set_xscale("log")
         ax.set_xlabel("T (edits)")
-        ax.set_title("Neighbourhood Loc" if metric == "nloc" else metric.capitalize())
+        ax.set_title(TITLES.get(metric, metric.capitalize()))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="lower left")
