@@ -51,8 +51,8 @@ def edit_times(hparams: HyperParams, model, tok, requests: list[dict],
     independently, Adam's per-entry scaling would let rounding differences compound from edit to edit.
     """
     editor = LifelongEditor(hparams, model=model, tok=tok)
-    editor.method.prepare(requests)
-    editor.method.apply(requests[:1])  # warm-up (prefix generation, allocator), not timed
+    editor.prepare(requests)
+    editor.apply(requests[:1], record=False)  # warm-up (prefix generation, allocator), not timed
     editor.method.load_state_dict(editor.method.state_dict())
     times, curves, states = [], [], []
     for i, request in enumerate(requests):
@@ -60,9 +60,9 @@ def edit_times(hparams: HyperParams, model, tok, requests: list[dict],
             editor.method.load_state_dict(starts[i])
         else:
             states.append(editor.method.state_dict())
-        t0 = time.perf_counter()
-        curves.append(editor.method.apply([request])["losses"])
-        times.append(time.perf_counter() - t0)
+        stats = editor.apply([request], record=False)
+        curves.append(stats["losses"])
+        times.append(stats["seconds"])
     return times, curves, states
 
 

@@ -7,7 +7,9 @@
 
 ``edit`` takes ``--alg`` (any registered method with an ``hparams/<alg>/smollm2-135m.yaml``) and
 ``--requests file.json`` (a list of {"prompt", "target_new", "subject"?, "loc_prompt"?}) to replace the examples.
-The edits are trained on the raw prompt text, so ``chat`` completes raw text (no chat template).
+Each answer is trained followed by the end-of-sequence token (``target_eos``; ``--no-target-eos`` to compare), so
+the reply stops after the new answer. With ``--chat-template`` the edits are made on the questions in the
+model's chat template, and ``chat`` puts what you type in it too (the choice is saved with the edits).
 """
 
 from __future__ import annotations
@@ -30,19 +32,29 @@ EXAMPLES = [
 ]
 
 
+SETTINGS = "chat_settings.json"
+
+
 def edit(args: argparse.Namespace) -> None:
     from wise_edit import HyperParams, LifelongEditor, save_edits
 
     requests = json.loads(Path(args.requests).read_text()) if args.requests else EXAMPLES
     hparams = HyperParams.from_hparams(ROOT / "hparams" / args.alg / "smollm2-135m.yaml")
-    editor = LifelongEditor.from_hparams(hparams)
-    run = editor.edit_requests(requests, sequential_edit=True)
+    editor = LifelongEditor.from_hparams(hparams.replace(target_eos=args.target_eos))
+    run = editor.edit_requests(requests, sequential_edit=True, use_chat_template=args.chat_template)
     for result in run["requests"]:
         print(f"{result['prompt']!r} -> {result['target_new']!r}: Rel {result['rewrite_acc']:.2f}")
-    print(f"saved to {save_edits(editor, args.directory)}")
+    saved = save_edits(editor, args.directory)
+    (Path(saved) / SETTINGS).write_text(json.dumps({"use_chat_template": args.chat_template}))
+    print(f"saved to {saved}")
 
 
-def reply(editor, prompt: str, max_new_tokens: int) -> str:
+def reply(editor, prompt: str, max_new_tokens: int, use_chat_template: bool = False) -> str:
+    """The greedy answer, up to the end-of-sequence token (where an edit trained with target_eos stops)."""
+    from wise_edit.chat import chat_prompt
+
+    if use_chat_template:
+        prompt = chat_prompt(editor.tok, prompt)
     batch = editor.tok([prompt], return_tensors="pt").to(editor.model.device)
     with torch.no_grad():
         out = editor.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
@@ -54,12 +66,15 @@ def chat(args: argparse.Namespace) -> None:
     from wise_edit import load_edits
 
     editor = load_edits(args.directory)
-    print(f"{editor.hparams.alg_name} edits loaded: {len(editor.edit_log)}")
+    settings = Path(args.directory) / SETTINGS
+    in_template = settings.exists() and json.loads(settings.read_text())["use_chat_template"]
+    print(f"{editor.hparams.alg_name} edits loaded: {len(editor.edit_log)}"
+          f"{' (chat template)' if in_template else ''}")
     if args.prompt:
-        print(reply(editor, args.prompt, args.max_new_tokens))
+        print(repr(reply(editor, args.prompt, args.max_new_tokens, in_template)))
         return
     while prompt := _read_prompt():
-        print(reply(editor, prompt, args.max_new_tokens))
+        print(reply(editor, prompt, args.max_new_tokens, in_template))
 
 
 def _read_prompt() -> str:
@@ -78,6 +93,9 @@ def main() -> None:
     p_edit.add_argument("directory")
     p_edit.add_argument("--alg", default="MEMOIR")
     p_edit.add_argument("--requests", help="JSON list of requests (default: three examples)")
+    p_edit.add_argument("--no-target-eos", dest="target_eos", action="store_false",
+                        help="train the answers without the end-of-sequence token (they then run on)")
+    p_edit.add_argument("--chat-template", action="store_true", help="edit the questions in the chat template")
     p_edit.set_defaults(run=edit)
     p_chat = commands.add_parser("chat", help="load saved edits onto a fresh base model and chat")
     p_chat.add_argument("directory")

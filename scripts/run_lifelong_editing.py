@@ -28,7 +28,7 @@ def _project_path(value: str) -> Path:
 
 #: run settings that must be whole numbers or booleans, with their least value
 INTEGERS = {"ds_size": 1, "checkpoint_every": 0}
-BOOLEANS = ("sequential_edit", "eval_generation", "progress", "save_edits", "nloc")
+BOOLEANS = ("sequential_edit", "eval_generation", "progress", "save_edits", "nloc", "use_chat_template")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -109,7 +109,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
                                    eval_generation=cfg.eval_generation, progress=cfg.progress,
                                    checkpoint_dir=checkpoint, checkpoint_every=cfg.checkpoint_every,
                                    neighbourhood=(probes.prompts, probes.answers) if probes else None,
-                                   same_form=negatives.prompts if negatives else ())
+                                   same_form=negatives.prompts if negatives else (),
+                                   use_chat_template=cfg.use_chat_template)
     run_out["timing"]["wall_seconds"] = time.perf_counter() - start
     if cfg.save_edits and cfg.sequential_edit:
         save_edits(editor, output_dir / "edits")

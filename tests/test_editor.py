@@ -122,3 +122,58 @@ def test_portability_is_scored_on_the_final_model_and_stays_out_of_avg(model, to
         [(e == torch.tensor(t)).float().mean().item() for e, t in zip(expected, targets)])
     assert summary["port"] == pytest.approx(sum(r["portability_acc"] for r in results) / len(results))
     assert summary["avg"] == pytest.approx(summary["rel"])  # no rephrase, no locality: avg is Rel alone
+
+
+def test_target_eos_trains_the_answer_to_stop_and_generation_metrics_read_free_answers(tok, requests_):
+    from conftest import tiny_llama
+    from wise_edit.tokens import encode_pair, training_pair
+
+    prompt, target = requests_[0]["prompt"], requests_[0]["target_new"]
+    assert training_pair(tok, prompt, target, target_eos=True) == (
+        encode_pair(tok, prompt, target)[0], encode_pair(tok, prompt, target)[1] + [tok.eos_token_id])
+    runs = {}
+    for eos in (False, True):
+        model = tiny_llama()
+        with torch.no_grad():  # the tiny config's pad id is its eos id, whose (tied) embedding starts at zero
+            model.model.embed_tokens.weight[tok.eos_token_id].normal_(
+                0, 0.1, generator=torch.Generator().manual_seed(1))
+        editor = LifelongEditor(ftl(edit_lr=0.5, n_iter=60, target_eos=eos), model=model, tok=tok)
+        runs[eos] = editor.edit_requests(requests_[:1], sequential_edit=True, progress=False, eval_generation=True)
+    stopped, rambling = runs[True]["requests"][0], runs[False]["requests"][0]
+    assert stopped["rewrite_acc"] == rambling["rewrite_acc"] == 1.0  # teacher forcing cannot tell them apart
+    assert stopped["gen_rewrite_text"] == " " + target and stopped["gen_rewrite"] == 1.0
+    assert rambling["gen_rewrite_text"].startswith(" " + target) and rambling["gen_rewrite"] == 0.0
+    assert runs[True]["summary"]["gen_rel"] == 1.0 and "gen_loc" in runs[True]["summary"]
+
+
+def test_generated_locality_compares_free_answers_before_and_after(model, tok, requests_):
+    hp = RecorderHyperParams.from_dict({"alg_name": "TEST-RECORDER", "model_name": "tiny", "inner_params": [SITE]})
+    editor = LifelongEditor(hp, model=model, tok=tok)  # a method that changes nothing: every answer is kept
+    run = editor.edit_requests(requests_, sequential_edit=True, progress=False, eval_generation=True,
+                               neighbourhood=([r["prompt"] for r in requests_], [r["target_new"] for r in requests_]))
+    assert run["summary"]["gen_loc"] == 1.0 and run["summary"]["gen_nloc"] == 1.0
+    assert all("gen_locality_text" in r for r in run["requests"] if "locality" in r)
+    changed = LifelongEditor(ftl(edit_lr=2.0, n_iter=40), model=model, tok=tok)  # FT-L with a huge step
+    run = changed.edit_requests(requests_, sequential_edit=True, progress=False, eval_generation=True)
+    assert run["summary"]["gen_loc"] < 1.0
+
+
+def test_chat_template_wraps_every_question_for_editing_and_scoring(model, tok, requests_, monkeypatch):
+    hp = RecorderHyperParams.from_dict({"alg_name": "TEST-RECORDER", "model_name": "tiny", "inner_params": [SITE]})
+    editor = LifelongEditor(hp, model=model, tok=tok)
+    with pytest.raises(ValueError, match="has no chat template"):
+        editor.edit_requests(requests_, progress=False, use_chat_template=True)
+    tok.chat_template = ("{% for m in messages %}<u>{{ m['content'] }}{% endfor %}"
+                         "{% if add_generation_prompt %}<a>{% endif %}")
+    seen, scored = [], []
+    monkeypatch.setattr(editor.method, "apply", lambda chunk: seen.extend(chunk) or {"losses": [0.0]})
+    real_score = editor.score
+    monkeypatch.setattr(editor, "score", lambda reqs, *a, **k: scored.extend(reqs) or real_score(reqs, *a, **k))
+    run = editor.edit_requests(requests_, progress=False, use_chat_template=True,
+                               neighbourhood=(["Who is Zola?"], ["a writer"]))
+    assert [r["prompt"] for r in seen] == [f"<u>{r['prompt']}<a>" for r in requests_]
+    assert all(r["locality_prompt"].startswith("<u>") for r in scored if "locality_prompt" in r)
+    assert all(r["rephrase_prompt"].startswith("<u>") for r in scored if "rephrase_prompt" in r)
+    assert [r["prompt"] for r in run["requests"]] == [r["prompt"] for r in requests_]  # shown as given
+    assert run["neighbourhood"][0]["prompt"] == "Who is Zola?"
+    assert not requests_[0]["prompt"].startswith("<u>")  # the caller's requests are not changed

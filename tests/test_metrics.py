@@ -62,3 +62,11 @@ def test_make_requests_easyedit_arguments():
                        "loc_prompt": "i2", "locality_prompt": "l2", "locality_ground_truth": "g2"}
     with pytest.raises(ValueError, match="2 prompts but 1 rephrase_prompt"):
         make_requests(["p1", "p2"], ["t1", "t2"], rephrase_prompts=["r1"])
+
+
+def test_answers_are_normalised_before_they_are_compared():
+    from wise_edit.metrics import answers_match, normalize_answer
+
+    assert normalize_answer("  The  X-Files! ") == "xfiles"
+    assert normalize_answer("An apple, a day") == "apple day"
+    assert answers_match([" Perth.", "Perth Perth", "the perth"], ["Perth"] * 3) == [1.0, 0.0, 1.0]

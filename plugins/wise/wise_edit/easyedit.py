@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from .chat import chat_requests
 from .editor import LifelongEditor
 from .hparams import HyperParams, HyperParamsError
 from .models import BUNDLED_MODELS, cache_dir, resolve_model_path
@@ -149,10 +150,6 @@ def hparams_class(alg_name: str) -> type:
             if dropped:
                 log.info("%s: keys %s are upstream EasyEdit settings this plugin does not use", source, dropped)
             settings = {k: data[k] for k in FRAMEWORK_SETTINGS if k in data}
-            if settings.get("use_chat_template"):
-                raise HyperParamsError(f"{source}: use_chat_template: true is not supported by the plugin's "
-                                       "editing (the framework would score in the chat template what was edited "
-                                       "without it); set it to false")
             values = {k: v for k, v in data.items() if k not in dropped and k not in settings}
             if "model_name" in values:
                 values["model_name"] = framework_model_path(str(values["model_name"]))
@@ -235,13 +232,13 @@ def make_apply(alg_name: str) -> Callable[..., tuple[torch.nn.Module, dict[str, 
                             for name in (f"{site.module_path}.weight" for site in editor.method.sites)
                             if name in params}
         batch = [_request(r, i) for i, r in enumerate(requests)]
+        if getattr(hparams, "use_chat_template", False):  # the framework scores these prompts in the template
+            batch = chat_requests(tok, batch)
         fallback = editor.method.prefixes or [""]
         for i, request in enumerate(batch):  # framework records carry no irrelevant training text
             request.setdefault("loc_prompt", fallback[i % len(fallback)] or request["prompt"])
-        editor.method.prepare(batch)
-        editor.method.apply(batch)
-        editor.edit_log += [{"case_id": r["case_id"], "prompt": r["prompt"], "target_new": r["target_new"]}
-                            for r in batch]
+        for start in range(0, len(batch), plugin_hparams.batch_size):
+            editor.apply(batch[start:start + plugin_hparams.batch_size])
         return model, (weights_copy if keep_original_weight else {})
 
     apply_to_model.__name__ = f"apply_{alg_name.lower().replace('-', '_')}_to_model"

@@ -17,8 +17,10 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .version import __version__
+from .chat import chat_prompts, chat_requests
 from .hparams import HyperParams
-from .metrics import generation_exact_match, locality, score_answers
+from .metrics import (answers_match, generate_answers, generation_cap, generation_exact_match, locality,
+                      score_answers)
 from .models import load_model, load_tokenizer
 from .errors import EditStateError, NonFiniteError, RequestError
 from .persistence import META_FILE, fingerprint, read_meta, restore, save_edits
@@ -45,6 +47,7 @@ class LifelongEditor:
         self.method = get_method(hparams.alg_name).method_cls(self.model, self.tok, hparams)
         #: the requests applied so far (sequentially), in order
         self.edit_log: list[dict[str, Any]] = []
+        self._prepared = False
 
     @classmethod
     def from_hparams(cls, hparams: HyperParams) -> "LifelongEditor":
@@ -81,7 +84,7 @@ class LifelongEditor:
                       rel_metric: str = "accuracy", rephrase_name: str = "gen", eval_generation: bool = False,
                       progress: bool = True, checkpoint_dir: str | Path | None = None,
                       checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None,
-                      same_form: Sequence[str] = ()) -> dict[str, Any]:
+                      same_form: Sequence[str] = (), use_chat_template: bool = False) -> dict[str, Any]:
         """Apply ``requests`` (in order) and score them; see SPEC §4 for the two protocols.
 
         With ``checkpoint_dir`` (sequential only) the edit state is saved there every ``checkpoint_every``
@@ -90,17 +93,30 @@ class LifelongEditor:
         whole stream (``summary.nloc``, sequential only: it asks what the final model does to its neighbours).
         ``same_form``: unedited questions of the edits' form for the method's calibrations (never the
         neighbourhood probes: SPEC §4).
+        ``use_chat_template``: every question (requests, probes, same-form texts) is put in the tokenizer's chat
+        template for editing, routing and scoring (:mod:`wise_edit.chat`); results show the questions as given.
         """
         start = time.perf_counter()
         if not requests:
             raise RequestError("no requests to edit")
+        given = [r["prompt"] for r in requests]
+        given_probes = list(neighbourhood[0]) if neighbourhood is not None else []
+        if use_chat_template:
+            requests = chat_requests(self.tok, requests)
+            same_form = chat_prompts(self.tok, same_form)
+            if neighbourhood is not None:
+                neighbourhood = (chat_prompts(self.tok, neighbourhood[0]), list(neighbourhood[1]))
         if neighbourhood is not None and not sequential_edit:
             raise ValueError("neighbourhood locality is measured on the final model of a sequential stream; "
                              "sequential_edit is False")
         neighbours_before = self.answer_tokens(*neighbourhood) if neighbourhood is not None else None
         loc_before_all = self.locality_before(requests)
-        with phase("prepare"):
-            self.method.prepare(requests, same_form)
+        # what the unedited model writes for the probes that must not change
+        loc_text_before_all = self.locality_generations(requests) if eval_generation else [None] * len(requests)
+        if eval_generation:
+            if neighbourhood is not None:
+                neighbours_text_before = self.free_answers(*neighbourhood)
+        self.prepare(requests, same_form)
         edit_seconds, losses, done = 0.0, [], 0
         if checkpoint_dir is not None:
             if not sequential_edit:
@@ -114,11 +130,9 @@ class LifelongEditor:
             saved = done
             for i in range(done, len(requests), batch_size):
                 chunk = requests[i:i + batch_size]
-                t0 = time.perf_counter()
-                stats = self._apply(chunk)
-                edit_seconds += time.perf_counter() - t0
+                stats = self.apply(chunk)
+                edit_seconds += stats["seconds"]
                 losses.append(stats.get("losses", []))
-                self.edit_log += [_log_entry(r) for r in chunk]
                 bar.update(len(chunk))
                 finished = i + len(chunk)
                 if checkpoint_dir is not None and checkpoint_every and (
@@ -127,23 +141,26 @@ class LifelongEditor:
                                                             "rng_state": torch.get_rng_state().tolist()})
                     saved = finished
             with phase("score"):
-                results = self.score(requests, loc_before_all, rel_metric, eval_generation)
+                results = self.score(requests, loc_before_all, rel_metric, eval_generation, loc_text_before_all)
                 if neighbourhood is not None:
                     neighbours = locality(neighbours_before, self.answer_tokens(*neighbourhood))
+                    if eval_generation:
+                        neighbours_text = answers_match(self.free_answers(*neighbourhood), neighbours_text_before)
         else:
             snapshot = self.method.state_dict()
             results = []
             for i in range(0, len(requests), batch_size):
                 chunk = requests[i:i + batch_size]
-                t0 = time.perf_counter()
-                stats = self._apply(chunk)
-                edit_seconds += time.perf_counter() - t0
+                stats = self.apply(chunk, record=False)
+                edit_seconds += stats["seconds"]
                 losses.append(stats.get("losses", []))
-                results += self.score(chunk, loc_before_all[i:i + batch_size], rel_metric, eval_generation)
+                results += self.score(chunk, loc_before_all[i:i + batch_size], rel_metric, eval_generation,
+                                      loc_text_before_all[i:i + batch_size])
                 self.method.load_state_dict(snapshot)
                 bar.update(len(chunk))
         bar.close()
-        for result, curve in zip(results, _expand(losses, batch_size, len(requests))):
+        for result, curve, prompt in zip(results, _expand(losses, batch_size, len(requests)), given):
+            result["prompt"] = prompt
             result["train_steps"] = len(curve)
             result["final_loss"] = curve[-1] if curve else None
         total = time.perf_counter() - start + resumed_seconds
@@ -152,7 +169,11 @@ class LifelongEditor:
         if neighbourhood is not None:
             summary["nloc"] = statistics.fmean(neighbours)
             out["neighbourhood"] = [{"prompt": p, "answer": a, "nloc": v}
-                                    for p, a, v in zip(*neighbourhood, neighbours)]
+                                    for p, a, v in zip(given_probes, neighbourhood[1], neighbours)]
+            if eval_generation:
+                summary["gen_nloc"] = statistics.fmean(neighbours_text)
+                for row, value in zip(out["neighbourhood"], neighbours_text):
+                    row["gen_nloc"] = value
         return {
             **out,
             "timing": {"total_seconds": total, "edit_seconds": edit_seconds,
@@ -160,13 +181,32 @@ class LifelongEditor:
                        "eval_seconds": total - edit_seconds, "resumed_edits": done},
         }
 
-    def _apply(self, chunk: list[dict[str, Any]]) -> dict[str, Any]:
+    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+        """The method's calibrations over the stream, once per editor, before its first edit."""
+        if not self._prepared:
+            with phase("prepare"):
+                self.method.prepare(requests, same_form)
+            self._prepared = True
+
+    def apply(self, requests: list[dict[str, Any]], record: bool = True) -> dict[str, Any]:
+        """Apply one chunk of requests: the one way every protocol, the EasyEdit bridge and the benchmark edit.
+
+        Prepares the method on first use, names the request when training diverges, and (with ``record``; the
+        one-at-a-time protocol undoes its edits and keeps no log) appends the requests to :attr:`edit_log`.
+        Returns the method's statistics (e.g. the loss curve) with the chunk's wall time in ``seconds``.
+        """
+        self.prepare(requests)
+        start = time.perf_counter()
         try:
-            return self.method.apply(chunk)
+            stats = dict(self.method.apply(requests))
         except NonFiniteError as exc:
-            names = ", ".join(str(r.get("case_id", "?")) for r in chunk)
-            raise NonFiniteError(f"request {names} ({chunk[0]['prompt']!r}): {exc}; the edit was stopped "
+            names = ", ".join(str(r.get("case_id", "?")) for r in requests)
+            raise NonFiniteError(f"request {names} ({requests[0]['prompt']!r}): {exc}; the edit was stopped "
                                  f"(check edit_lr and the other hyperparameters)") from None
+        stats["seconds"] = time.perf_counter() - start
+        if record:
+            self.edit_log += [_log_entry(r) for r in requests]
+        return stats
 
     def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[float, list, int]:
         """Load a checkpoint of this very run's first edits, if there is one: (edit seconds, losses, edits done).
@@ -218,8 +258,10 @@ class LifelongEditor:
         return score_answers(self.model, self.tok, prompts, answers).predictions if prompts else []
 
     def score(self, requests: list[dict[str, Any]], loc_before: list[torch.Tensor | None],
-              rel_metric: str = "accuracy", eval_generation: bool = False) -> list[dict[str, Any]]:
-        """Per-request metrics on the current model (``loc_before``: locality argmax tokens before editing)."""
+              rel_metric: str = "accuracy", eval_generation: bool = False,
+              loc_text_before: list[str | None] | None = None) -> list[dict[str, Any]]:
+        """Per-request metrics on the current model (``loc_before``: locality argmax tokens before editing;
+        ``loc_text_before``: with ``eval_generation``, the free answers to the locality probes before editing)."""
         prompts = [r["prompt"] for r in requests]
         targets = [r["target_new"] for r in requests]
         rel = score_answers(self.model, self.tok, prompts, targets)
@@ -248,7 +290,39 @@ class LifelongEditor:
         if eval_generation:
             for res, em in zip(results, generation_exact_match(self.model, self.tok, prompts, targets)):
                 res["generate_exact_match"] = em
+            self._score_generations(requests, results, loc_text_before or [None] * len(requests))
         return results
+
+    def free_answers(self, prompts: list[str], references: list[str]) -> list[str]:
+        """Greedy answers until the end-of-sequence token or twice the reference's length plus 8 tokens."""
+        caps = [generation_cap(self.tok, p, a) for p, a in zip(prompts, references)]
+        return generate_answers(self.model, self.tok, prompts, caps) if prompts else []
+
+    def locality_generations(self, requests: list[dict[str, Any]]) -> list[str | None]:
+        """Per request, the current model's free answer to its locality probe (None where it has none)."""
+        has_loc = [bool(r.get("locality_prompt")) for r in requests]
+        found = iter(self.free_answers([r["locality_prompt"] for r, h in zip(requests, has_loc) if h],
+                                       [r["locality_ground_truth"] for r, h in zip(requests, has_loc) if h]))
+        return [next(found) if h else None for h in has_loc]
+
+    def _score_generations(self, requests: list[dict[str, Any]], results: list[dict[str, Any]],
+                           loc_text_before: list[str | None]) -> None:
+        """Generation-based twins of Rel, Gen and Loc: does the free answer say the target (for a locality
+        probe: the same as before the edits), once normalised."""
+        for question, key in (("prompt", "gen_rewrite"), ("rephrase_prompt", "gen_rephrase")):
+            rows = [i for i, r in enumerate(requests) if r.get(question)]
+            texts = self.free_answers([requests[i][question] for i in rows],
+                                      [requests[i]["target_new"] for i in rows])
+            for i, text, hit in zip(rows, texts, answers_match(texts, [requests[i]["target_new"] for i in rows])):
+                results[i][key] = hit
+                results[i][f"{key}_text"] = text
+        rows = [i for i, text in enumerate(loc_text_before) if text is not None]
+        texts = self.free_answers([requests[i]["locality_prompt"] for i in rows],
+                                  [requests[i]["locality_ground_truth"] for i in rows])
+        before = [loc_text_before[i] for i in rows]
+        for i, text, same in zip(rows, texts, answers_match(texts, before)):
+            results[i]["gen_locality"] = same
+            results[i]["gen_locality_text"] = text
 
 
 def _log_entry(request: dict[str, Any]) -> dict[str, Any]:
@@ -262,7 +336,8 @@ def _expand(losses: list[list[float]], batch_size: int, total: int) -> list[list
 
 #: summary name -> per-request key
 SUMMARY_KEYS = {"rel": "rewrite_acc", "gen": "rephrase_acc", "loc": "locality", "port": "portability_acc",
-                "ppl": "rewrite_ppl", "gen_em": "generate_exact_match"}
+                "ppl": "rewrite_ppl", "gen_em": "generate_exact_match", "gen_rel": "gen_rewrite",
+                "gen_gen": "gen_rephrase", "gen_loc": "gen_locality"}
 
 
 def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict[str, float]:
@@ -273,7 +348,8 @@ def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict
     for name, key in SUMMARY_KEYS.items():
         values = [r[key] for r in results if key in r]
         if values:
-            summary[rephrase_name if name == "gen" else name] = statistics.fmean(values)
+            label = {"gen": rephrase_name, "gen_gen": f"gen_{rephrase_name}"}.get(name, name)
+            summary[label] = statistics.fmean(values)
     parts = [summary[k] for k in ("rel", rephrase_name, "loc") if k in summary]
     if parts and "ppl" not in summary:
         summary["avg"] = statistics.fmean(parts)

@@ -180,6 +180,9 @@ class TrainedEditHyperParams(HyperParams):
     #: context prefixes generated once per model and put in front of each edit's training row
     n_prefixes: int = 10
     prefix_length: int = 8
+    #: train each target followed by the tokenizer's end-of-sequence token, so that ``generate`` stops after the
+    #: new answer; teacher-forced Rel/Gen still score the answer's own tokens
+    target_eos: bool = False
 
     def validate(self, source: str) -> None:
         super().validate(source)

@@ -8,6 +8,8 @@ log-probability) at the positions that predict the answer tokens. Routing decide
 from __future__ import annotations
 
 import math
+import re
+import string
 from dataclasses import dataclass
 
 import torch
@@ -94,3 +96,41 @@ def generation_exact_match(model: PreTrainedModel, tok: PreTrainedTokenizerBase,
         for row, (_, target) in enumerate(pairs):
             scores.append(float(generated[row, :len(target)].tolist() == target))
     return scores
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation and the articles a/an/the removed, whitespace collapsed (the SQuAD rule)."""
+    text = "".join(c for c in text.lower() if c not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def generation_cap(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> int:
+    """How many tokens a free answer may take: twice the reference answer's tokens plus 8."""
+    return 2 * len(encode_pair(tok, prompt, answer)[1]) + 8
+
+
+@torch.no_grad()
+def generate_answers(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], caps: list[int],
+                     batch_size: int = 16) -> list[str]:
+    """Greedy ``generate`` from each prompt until the end-of-sequence token or ``caps[i]`` new tokens: what a
+    user reads. The text is decoded without special tokens."""
+    texts: list[str] = []
+    stop = tok.eos_token_id
+    for start in range(0, len(prompts), batch_size):
+        part = prompts[start:start + batch_size]
+        batch = pad_pairs([(encode_pair(tok, p, None)[0], []) for p in part], tok.pad_token_id,
+                          side="left").to(model.device)
+        generated = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                   max_new_tokens=max(caps[start:start + batch_size]), do_sample=False,
+                                   use_cache=True, pad_token_id=tok.pad_token_id, eos_token_id=stop)
+        for row, cap in enumerate(caps[start:start + batch_size]):
+            ids = generated[row, batch.input_ids.shape[1]:][:cap].tolist()
+            if stop is not None and stop in ids:
+                ids = ids[:ids.index(stop)]
+            texts.append(tok.decode(ids, skip_special_tokens=True))
+    return texts
+
+
+def answers_match(generated: list[str], references: list[str]) -> list[float]:
+    """1.0 where the normalised generated text equals the normalised reference, else 0.0."""
+    return [float(normalize_answer(g) == normalize_answer(r)) for g, r in zip(generated, references)]

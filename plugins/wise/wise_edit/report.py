@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 
 from .results import markdown_table
 
-PLOTTED = ("rel", "gen", "ood", "loc", "nloc", "port", "avg")
-TITLES = {"nloc": "Neighbourhood Loc", "port": "Portability", "ood": "OOD Gen"}
+PLOTTED = ("rel", "gen", "ood", "loc", "nloc", "port", "avg", "gen_rel", "gen_gen", "gen_ood", "gen_loc")
+TITLES = {"nloc": "Neighbourhood Loc", "port": "Portability", "ood": "OOD Gen", "gen_rel": "Rel (generated)",
+          "gen_gen": "Gen (generated)", "gen_ood": "OOD Gen (generated)", "gen_loc": "Loc (generated)"}
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:
@@ -53,8 +54,12 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
     markdown = root / "comparison.md"
     markdown.write_text(f"{table}\n\nSeconds per edit and source of each row:\n\n{seconds}\n")
     metrics = [m for m in PLOTTED if any(m in r for r in rows)]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
+    cols = min(4, len(metrics))
+    rows_n = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.4 * rows_n), squeeze=False)
+    for ax in axes.flat[len(metrics):]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes.flat, metrics):
         for method in sorted({r["method"] for r in rows}):
             points = sorted((r["T"], r[metric]) for r in rows if r["method"] == method and metric in r)
             if points:
@@ -64,7 +69,7 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
         ax.set_title(TITLES.get(metric, metric.capitalize()))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8, loc="lower left")
+    axes.flat[len(metrics) - 1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     plot = root / "comparison.png"
     fig.savefig(plot, dpi=120)

@@ -80,7 +80,8 @@ def lock_output_dir(directory: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-METRIC_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "avg", "port", "ppl", "gen_em")
+METRIC_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "avg", "port", "ppl", "gen_em", "gen_rel", "gen_gen",
+                  "gen_ood", "gen_loc", "gen_nloc")
 
 
 def markdown_table(rows: list[dict[str, Any]], keys: tuple[str, ...] = ("method", "T")) -> str:

@@ -60,6 +60,18 @@ def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str | None) -
     return ids[:split], [i for i, sp in zip(ids[split:], special[split:]) if not sp]
 
 
+def training_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str, target_eos: bool = False
+                  ) -> tuple[list[int], list[int]]:
+    """:func:`encode_pair`, with the tokenizer's end-of-sequence token after the target when ``target_eos``
+    (an edit trained to stop: ``generate`` then ends the answer there instead of repeating it)."""
+    prompt_ids, target_ids = encode_pair(tok, prompt, target)
+    if target_eos:
+        if tok.eos_token_id is None:
+            raise TokenizationError("target_eos is set but the tokenizer has no eos_token")
+        target_ids = target_ids + [tok.eos_token_id]
+    return prompt_ids, target_ids
+
+
 def cap_length(prompt_ids: list[int], target_ids: list[int], max_length: int, where: str
                ) -> tuple[list[int], list[int]]:
     """A training row cut to ``max_length`` tokens from the prompt's left, with a warning naming ``where``."""

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..tokens import TokenBatch, cap_length, encode_pair, pad_pairs
+from ..tokens import TokenBatch, cap_length, pad_pairs, training_pair
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,11 @@ def generate_prefixes(model: PreTrainedModel, tok: PreTrainedTokenizerBase, coun
 
 
 def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
-               include_loc: bool, max_length: int, negatives: bool = False) -> tuple[TokenBatch, torch.Tensor]:
+               include_loc: bool, max_length: int, negatives: bool = False, target_eos: bool = False
+               ) -> tuple[TokenBatch, torch.Tensor]:
     """Rows for the requests (each plain and behind every prefix) and, if asked, their ``loc_prompt`` rows
-    (and with ``negatives`` their ``negative_prompt`` rows: same-form questions, irrelevant too).
+    (and with ``negatives`` their ``negative_prompt`` rows: same-form questions, irrelevant too). With
+    ``target_eos`` each target is followed by the end-of-sequence token.
 
     Returns the batch and a bool (B,) marking the irrelevant rows.
     """
@@ -52,8 +54,8 @@ def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], pre
     for request in requests:
         where = f"request {request.get('case_id', '?')}"
         for prefix in ["", *prefixes]:
-            pairs.append(cap_length(*encode_pair(tok, prefix + request["prompt"], request["target_new"]),
-                                    max_length, where))
+            pairs.append(cap_length(*training_pair(tok, prefix + request["prompt"], request["target_new"],
+                                                   target_eos), max_length, where))
             irrelevant.append(False)
     fields = (["loc_prompt"] if include_loc else []) + (["negative_prompt"] if negatives else [])
     for field in fields:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from ..tokens import TokenBatch, cap_length, encode_pair, pad_pairs
+from ..tokens import TokenBatch, cap_length, pad_pairs, training_pair
 
 
 @dataclass
@@ -40,7 +40,7 @@ def _subject_end(tok: PreTrainedTokenizerBase, text: str, subject: str, where: s
 
 
 def subject_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
-                  max_length: int, kl_template: str = "{} is a") -> SubjectBatch:
+                  max_length: int, kl_template: str = "{} is a", target_eos: bool = False) -> SubjectBatch:
     pairs, positions, owner, is_kl = [], [], [], []
     for index, request in enumerate(requests):
         where = f"request {request.get('case_id', index)}"
@@ -49,7 +49,7 @@ def subject_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], 
             raise ValueError(f"{where}: this method needs the field 'subject'")
         for prefix in ["", *prefixes]:
             text = prefix + request["prompt"]
-            full_ids, target_ids = encode_pair(tok, text, request["target_new"])
+            full_ids, target_ids = training_pair(tok, text, request["target_new"], target_eos)
             prompt_ids, target_ids = cap_length(full_ids, target_ids, max_length, where)
             end = _subject_end(tok, text, subject, where) - (len(full_ids) - len(prompt_ids))
             if end < 1:

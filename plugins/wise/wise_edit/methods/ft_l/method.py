@@ -19,7 +19,8 @@ class FTL(EditMethod):
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         hp = self.hparams
         weight = self.site.linear.weight
-        batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
+        batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length,
+                              target_eos=hp.target_eos)
         runner = self.runner(batch)
         delta = torch.zeros_like(weight, requires_grad=True)
 

@@ -30,7 +30,8 @@ class GRACE(EditMethod):
 
     def _edit(self, request: dict[str, Any]) -> list[float]:
         hp, book = self.hparams, self.codebook
-        batch, _ = edit_batch(self.tok, [request], self.prefixes, include_loc=False, max_length=hp.max_length)
+        batch, _ = edit_batch(self.tok, [request], self.prefixes, include_loc=False, max_length=hp.max_length,
+                              target_eos=hp.target_eos)
         runner = self.runner(batch)
         prompt_tokens = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
         key = last_query_keys(runner.keys[:1], prompt_tokens[:1])[0]

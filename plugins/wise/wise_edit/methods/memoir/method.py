@@ -42,7 +42,8 @@ class MEMOIR(EditMethod):
         hp = self.hparams
         self.prepare(requests)
         with phase("capture"):
-            batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length)
+            batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length,
+                                      target_eos=hp.target_eos)
             runner = self.runner(batch)
         weight = self.layer.base.weight
         rows_per_request = 1 + len(self.prefixes)

@@ -42,7 +42,7 @@ class ROME(EditMethod):
                       ) -> tuple[SubjectBatch, SiteRunner, torch.Tensor, list[float]]:
         """Rows, runner at ``sites[site_index]``, the optimised vectors (R, d_out) and the loss curve."""
         hp = self.hparams
-        rows = subject_batch(self.tok, requests, self.prefixes, hp.max_length, hp.kl_template)
+        rows = subject_batch(self.tok, requests, self.prefixes, hp.max_length, hp.kl_template, hp.target_eos)
         runner = self.runner(rows.batch, self.sites[site_index])
         deltas, losses = optimise_values(runner, rows, len(requests), self.value_scale(runner, rows),
                                          n_iter=hp.n_iter, lr=hp.edit_lr,

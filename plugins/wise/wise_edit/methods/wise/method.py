@@ -68,7 +68,8 @@ class WISE(EditMethod):
         alpha, beta, gamma = hp.act_margin
         with phase("capture"):
             batch, irrelevant = edit_batch(self.tok, requests, self.prefixes, include_loc=True,
-                                           max_length=hp.max_length, negatives=hp.neighbour_negatives)
+                                           max_length=hp.max_length, negatives=hp.neighbour_negatives,
+                                           target_eos=hp.target_eos)
             runner = self.runner(batch)
         weight = self.layer.base.weight
         side, memory = self.side, self.side.active
