@@ -3,8 +3,10 @@ import torch
 
 from wise_edit import LifelongEditor
 from wise_edit.methods.wise import WISEHyperParams
+from wise_edit.methods.wise import method as wise_method
 from wise_edit.methods.wise.merge import ties_merge
 from wise_edit.methods.wise.router import activation_scores, select
+from wise_edit.methods.wise.shards import shard_mask
 from wise_edit.methods.wise.side_memory import SideMemory
 from wise_edit.routing import MAIN, query_span
 from wise_edit.tokens import pad_pairs
@@ -17,7 +19,7 @@ SITE = "model.layers[2].mlp.down_proj.weight"
 def wise_hp(**kw) -> WISEHyperParams:
     base = {"alg_name": "WISE", "model_name": "tiny", "inner_params": [SITE], "edit_lr": 0.1, "optimizer": "adam",
             "n_iter": 40, "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "n_prefixes": 2, "prefix_length": 4,
-            "save_freq": 2, "merge_freq": 4, "stop_loss": 0.0}
+            "save_freq": 2, "merge_freq": 4, "merge_alg": "sum", "stop_loss": 0.0}
     return WISEHyperParams.from_dict({**base, **kw})
 
 
@@ -119,7 +121,7 @@ def test_training_stays_inside_the_shard_mask(model, tok, requests_):
 
 
 def test_shards_are_saved_and_merged_with_ties(model, tok, requests_):
-    editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2), model=model, tok=tok)
+    editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2, merge_alg="ties"), model=model, tok=tok)
     side = editor.method.side
     editor.method.apply(requests_[:1])
     assert len(side.active.pending) == 1 and side.live is None
@@ -142,20 +144,50 @@ def test_ties_merge_matches_hand_computation():
     assert torch.allclose(merged, expected)
 
 
-def test_merging_a_single_dense_shard_changes_nothing_served(tok):
+def test_merging_a_single_dense_shard_keeps_it_whole():
     """A merge of one shard (merge_freq == save_freq): before the fix TIES cut half of a dense shard's entries."""
     dense = torch.randn(4, 6)
     assert torch.equal(ties_merge([dense], density=0.53), dense)
+
+
+def test_sum_merge_changes_nothing_served_and_every_covered_edit_still_scores(tok):
+    """merge_alg: sum. Shards train on top of each other and are all served, so a merge is their exact sum."""
     served = {}
-    for merge_freq in (2, 4):  # merged after the 2nd edit / the same shard still pending
-        editor = LifelongEditor(wise_hp(save_freq=2, merge_freq=merge_freq, mask_ratio=1.0), model=tiny_llama(),
-                                tok=tok)
-        editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
+    for merge_freq in (4, 8):  # 4 one-edit shards merged after the 4th edit / the same 4 shards still pending
+        editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=merge_freq, mask_ratio=1.0, merge_alg="sum"),
+                                model=tiny_llama(), tok=tok)
+        editor.edit_requests(REQUESTS[:4], sequential_edit=True, progress=False)
         side = editor.method.side
-        assert len(side.active.pending) == (0 if merge_freq == 2 else 1)
-        served[merge_freq] = (side.change(0), [r["rewrite_acc"] for r in editor.score(REQUESTS[:2], [None] * 2)])
-    assert torch.equal(served[2][0], served[4][0])
-    assert served[2][1] == served[4][1]
+        assert len(side.active.pending) == (0 if merge_freq == 4 else 4) and side.live is None
+        served[merge_freq] = (side.change(0).clone(), side.active.threshold,
+                              [r["rewrite_acc"] for r in editor.score(REQUESTS[:4], [None] * 4)])
+    assert torch.allclose(served[4][0], served[8][0], atol=1e-6)
+    assert served[4][1] == pytest.approx(served[8][1], rel=1e-5)
+    assert served[4][2] == served[8][2] and served[4][2][-1] == 1.0  # the merge moved no score
+
+
+def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, monkeypatch):
+    """merge_alg: ties (the paper's). A finished shard is not served before its merge, the next shard trains on
+    the merged memory alone, and the threshold is calibrated on the edits the memory serves."""
+    editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2, mask_ratio=0.5, merge_alg="ties"), model=tiny_llama(),
+                            tok=tok)
+    side, method = editor.method.side, editor.method
+    method.apply(REQUESTS[:1])
+    shard0 = side.active.pending[0].clone()
+    assert shard0.abs().sum() > 0 and torch.count_nonzero(side.change(0)) == 0  # waiting, not served
+    assert side.active.threshold == float("inf")  # no served edit: the memory answers nothing
+    assert routes(editor, [REQUESTS[0]["prompt"]]) == [MAIN]
+    merged_inputs = []
+    monkeypatch.setattr(wise_method, "ties_merge", lambda shards, density: merged_inputs.append(
+        [t.clone() for t in shards]) or ties_merge(shards, density))
+    method.apply(REQUESTS[1:2])
+    assert side.active.pending == [] and side.active.merged_edits == 2
+    (first, second), = merged_inputs
+    assert torch.equal(first, shard0)
+    mask1 = shard_mask(second.shape, 0.5, method.hparams.seed, 1, second.device)
+    assert torch.all(second[mask1 == 0] == 0)  # shard 1 in its own subspace, not on top of shard 0
+    assert torch.equal(side.change(0), ties_merge([first, second], 0.53))
+    assert side.active.threshold < float("inf")
 
 
 def test_retrieve_routes_to_the_memory_that_holds_the_edit():
@@ -211,7 +243,8 @@ def test_protection_keeps_earlier_edits_outputs(tok):
     drift, learnt = {}, {}
     for protect in (0.0, 100.0):
         # mask_ratio 1: the shard mask would cut the projected step back to its entries (see protection.py)
-        editor = LifelongEditor(wise_hp(protect=protect, mask_ratio=1.0, n_iter=15), model=tiny_llama(), tok=tok)
+        editor = LifelongEditor(wise_hp(protect=protect, mask_ratio=1.0, n_iter=15, merge_alg="sum"),
+                                model=tiny_llama(), tok=tok)
         editor.method.apply(REQUESTS[:1])
         first = side_output(editor, REQUESTS[0])
         losses = editor.method.apply(REQUESTS[1:2])["losses"]

@@ -19,6 +19,12 @@ class WISEHyperParams(SharedMemoryHyperParams):
     save_freq: int = 500
     merge_freq: int = 1000
     densities: float = 0.53
+    #: how finished shards become part of the memory (the papers' "ties", or "sum"; see side_memory.py):
+    #: "ties": each shard trains on the merged memory alone, in its own random subspace; finished shards wait,
+    #: unserved, for the merge, which combines them with TIES (upstream EasyEdit and the paper);
+    #: "sum": each shard trains on top of the merged memory and every finished shard (all are served), so the
+    #: shards are residuals of one another and a merge adds them exactly: it changes nothing served
+    merge_alg: str = "ties"
     retrieve: bool = False
     #: the side memory reads keys minus the background key (beyond the paper; off = the paper): what all
     #: prompts share then neither raises the routing score of unrelated prompts nor carries one edit into another
@@ -46,6 +52,8 @@ class WISEHyperParams(SharedMemoryHyperParams):
             if not 0 < getattr(self, name) <= 1:
                 raise HyperParamsError(f"{source}: key '{name}' must be in (0, 1], got {getattr(self, name)}")
         self._positive(source, "norm_constraint")
+        if self.merge_alg not in ("ties", "sum"):
+            raise HyperParamsError(f"{source}: key 'merge_alg' must be 'ties' or 'sum', got {self.merge_alg!r}")
         self._at_least(source, match_texts=1)
         if self.match_radius is not None and not 0 < self.match_radius <= 1:
             raise HyperParamsError(f"{source}: key 'match_radius' must be in (0, 1] or null, got {self.match_radius}")

@@ -33,7 +33,7 @@ class WISE(EditMethod):
         super().__init__(model, tok, hparams)
         weight = self.site.linear.weight
         self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio, hparams.relative_scores,
-                               hparams.match_radius)
+                               hparams.match_radius, serve_pending=hparams.merge_alg == "sum")
         self.side.open()
         self.layer = self.attach_memory(self.side)
         self.edits = 0  # edits applied so far; decides shard saves and merges
@@ -137,13 +137,16 @@ class WISE(EditMethod):
         hp, side = self.hparams, self.side
         if self.edits // hp.save_freq == before // hp.save_freq or side.live is None:
             return
-        side.active.pending.append(side.live)
+        memory = side.active
+        memory.pending.append(side.live)
+        memory.live_from = len(memory.edit_keys)
         side.live = None
         if self.edits // hp.merge_freq == before // hp.merge_freq:
             return
-        memory = side.active
-        memory.merged = memory.merged + ties_merge(memory.pending, hp.densities)
+        merged = sum(memory.pending) if hp.merge_alg == "sum" else ties_merge(memory.pending, hp.densities)
+        memory.merged = memory.merged + merged
         memory.pending = []
+        memory.merged_edits = len(memory.edit_keys)
         if hp.retrieve:
             side.refresh()
             side.calibrate(len(side.memories) - 1)

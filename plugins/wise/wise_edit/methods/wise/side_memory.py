@@ -1,7 +1,11 @@
 """WISE's side memories: copies of the edited FFN output matrix, stored as their change from it.
 
-Memory ``m`` answers with ``W + D_m`` where ``D_m = merged_m + sum(pending shards of m)``. WISE-Merge keeps one
-memory for the whole stream; WISE-Retrieve closes a memory at every merge and opens a new one. The object
+Memory ``m`` answers with ``W + D_m``. With ``serve_pending`` (``merge_alg: sum``) ``D_m = merged_m + sum(pending
+shards of m)``: shards are trained one on top of the other, so their sum is what was trained, and a merge adds
+them exactly. Without it (``merge_alg: ties``, the paper's) ``D_m = merged_m``: each shard trains on the merged
+memory alone, and finished shards wait, unserved, for the TIES merge. The shard being trained (``live``) is
+always served with the newest memory. WISE-Merge keeps one memory for the whole stream; WISE-Retrieve closes a
+memory at every merge and opens a new one. The object
 plugs into :class:`wise_edit.routing.RoutedLinear` (``route`` / ``delta``).
 
 The memories read :meth:`SideMemory.read` of the keys: the keys themselves (the paper), or with ``center_keys``
@@ -31,15 +35,26 @@ class Memory:
     edit_keys: list[torch.Tensor] = field(default_factory=list)  # (S_i, d_in) query keys of each held edit
     threshold: float = float("inf")
     index: TokenIndex | None = None  # the held edits' tokens, for the match gate
+    serve_pending: bool = False  # finished shards answer before they are merged (merge_alg: sum)
+    merged_edits: int = 0  # edit_keys[:merged_edits] are the merged shards' edits
+    live_from: int = 0  # edit_keys[live_from:] are the live shard's (between them: the pending shards')
+
+    def served_keys(self) -> list[torch.Tensor]:
+        """The held edits whose shard the memory serves (a pending shard's wait for their merge)."""
+        if self.serve_pending:
+            return self.edit_keys
+        return self.edit_keys[:self.merged_edits] + self.edit_keys[self.live_from:]
 
     def change(self) -> torch.Tensor:
-        return self.merged + sum(self.pending) if self.pending else self.merged
+        """What the memory serves (the live shard aside)."""
+        return self.merged + sum(self.pending) if self.pending and self.serve_pending else self.merged
 
 
 class SideMemory:
     def __init__(self, shape: torch.Size, device: torch.device, act_ratio: float, relative_scores: bool = False,
-                 match_radius: float | None = None):
+                 match_radius: float | None = None, serve_pending: bool = False):
         self.shape, self.device, self.act_ratio = shape, device, act_ratio
+        self.serve_pending = serve_pending
         self.relative_scores = relative_scores  # route on the memory's gain (router.py), not its absolute output
         self.match_radius = match_radius
         #: (P, d_in) unit keys of every token of the same-form pool questions (None: not collected yet)
@@ -56,7 +71,7 @@ class SideMemory:
     def open(self) -> Memory:
         """Start a new (empty) memory: WISE-Merge does this once, WISE-Retrieve after every merge."""
         self.memories.append(Memory(merged=torch.zeros(self.shape, device=self.device),
-                                    index=TokenIndex(self.shape[1], self.device)))
+                                    index=TokenIndex(self.shape[1], self.device), serve_pending=self.serve_pending))
         self.refresh()
         return self.memories[-1]
 
@@ -93,12 +108,13 @@ class SideMemory:
     def calibrate(self, index: int) -> None:
         """Threshold of memory ``index`` from what it does *now* for every edit it holds."""
         memory = self.memories[index]
-        if not memory.edit_keys:
+        held = memory.served_keys()
+        if not held:
             memory.threshold = float("inf")
             return
         # every held edit's tokens in one product (the same numbers as scoring each edit alone, one call)
-        keys = self.read(torch.cat(memory.edit_keys))
-        lengths = torch.tensor([k.shape[0] for k in memory.edit_keys], device=keys.device)
+        keys = self.read(torch.cat(held))
+        lengths = torch.tensor([k.shape[0] for k in held], device=keys.device)
         norms = token_scores(keys, self.change(index), self.relative_scores)
         owner = torch.repeat_interleave(torch.arange(len(lengths), device=keys.device), lengths)
         scores = norms.new_zeros(len(lengths)).index_add_(0, owner, norms) / lengths
@@ -142,6 +158,8 @@ class SideMemory:
                 state[f"memory.{m}.threshold"] = torch.tensor(memory.threshold)
             state[f"memory.{m}.num_pending"] = torch.tensor(len(memory.pending))
             state[f"memory.{m}.num_edits"] = torch.tensor(len(memory.edit_keys))
+            state[f"memory.{m}.merged_edits"] = torch.tensor(memory.merged_edits)
+            state[f"memory.{m}.live_from"] = torch.tensor(memory.live_from)
             for k, shard in enumerate(memory.pending):
                 state[f"memory.{m}.pending.{k}"] = shard.clone()
             for k, keys in enumerate(memory.edit_keys):
@@ -172,5 +190,7 @@ class SideMemory:
             for k in range(int(state[f"memory.{m}.num_edits"])):
                 self.hold(state[f"memory.{m}.edit_keys.{k}"].clone().to(self.device))
             memory.threshold = float(state.get(f"memory.{m}.threshold", float("inf")))
+            memory.merged_edits = int(state.get(f"memory.{m}.merged_edits", 0))
+            memory.live_from = int(state.get(f"memory.{m}.live_from", 0))
         self.live = state["live"].clone().to(self.device) if "live" in state else None
         self.refresh()
