@@ -53,7 +53,8 @@ FRAMEWORK_SETTINGS: dict[str, Any] = {"model_parallel": False, "fp16": False, "u
 #: this order by upstream EasyEdit); the value is the ``model_type`` each one serves
 FRAMEWORK_LOADERS: tuple[tuple[str, str], ...] = (
     ("t5", "t5"), ("gpt", "gpt2"), ("gpt", "gptj"), ("gpt", "gpt_neox"), ("llama", "llama"),
-    ("baichuan", "baichuan"), ("chatglm", "chatglm"), ("internlm", "internlm"), ("qwen2", "qwen2"), ("qwen3", "qwen3"), ("mistral", "mistral"))
+    ("baichuan", "baichuan"), ("chatglm", "chatglm"), ("internlm", "internlm"), ("qwen2", "qwen2"),
+    ("qwen3", "qwen3"), ("mistral", "mistral"))
 
 _EDITORS: "weakref.WeakKeyDictionary[torch.nn.Module, dict[str, LifelongEditor]]" = weakref.WeakKeyDictionary()
 _CLASSES: dict[str, type] = {}
@@ -98,8 +99,9 @@ def framework_model_path(model_name: str) -> str:
 
     The framework chooses its loader by substrings of ``model_name`` (``llama``, ``qwen2``, ``gpt``, ...); the
     bundled model's directory (``.../smollm2-135m``) has none, so a link named after the model's
-    ``model_type`` is made in the plugin's cache (``<cache>/easyedit/llama-smollm2-135m``). A directory whose path already selects the loader of its
-    ``model_type`` is returned as it is; a Hugging Face id is returned unchanged (the framework loads it).
+    ``model_type`` is made in the plugin's cache (``<cache>/easyedit/llama-smollm2-135m``). A directory whose
+    path already selects the loader of its ``model_type`` is returned as it is; a Hugging Face id is returned
+    unchanged (the framework loads it).
     """
     if model_name not in BUNDLED_MODELS and not Path(model_name).expanduser().is_dir():
         return model_name
