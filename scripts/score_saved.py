@@ -19,7 +19,7 @@ from pathlib import Path
 
 from wise_edit import HyperParams, LifelongEditor
 from wise_edit.data import run_data
-from wise_edit.editor import by_block, summarize
+from wise_edit.evaluation import by_block, summarize
 from wise_edit.metrics import locality
 from wise_edit.persistence import read_meta, restore
 from wise_edit.results import code_version, markdown_table, write_json

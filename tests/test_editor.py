@@ -100,7 +100,7 @@ def tiny_llama_copy(model):
 
 
 def test_blocks_split_the_stream_by_position_into_tenths():
-    from wise_edit.editor import by_block
+    from wise_edit.evaluation import by_block
 
     results = [{"rewrite_acc": float(i < 50), "locality": 1.0} for i in range(100)]
     blocks = by_block(results)

@@ -3,7 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from wise_edit.editor import make_requests, summarize
+from wise_edit.editor import make_requests
+from wise_edit.evaluation import summarize
 from wise_edit.metrics import locality, score_answers, token_accuracy
 
 

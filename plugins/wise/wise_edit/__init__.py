@@ -1,7 +1,8 @@
 """wise-edit: lifelong knowledge editing (WISE, MEMOIR and baselines) for the EasyEdit framework."""
 
 from . import methods  # noqa: F401  (registers the built-in methods)
-from .editor import LifelongEditor, load_edits, make_requests, summarize
+from .editor import LifelongEditor, load_edits, make_requests
+from .evaluation import summarize
 from .errors import EditStateError
 from .hparams import HyperParams, HyperParamsError
 from .persistence import save_edits

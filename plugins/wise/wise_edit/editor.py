@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .version import __version__
 from .chat import chat_prompts, chat_requests
+from .evaluation import by_block, summarize
 from .hparams import HyperParams
 from .metrics import (answers_match, generate_answers, generation_cap, generation_exact_match, locality,
                       score_answers)
@@ -332,39 +333,6 @@ def _log_entry(request: dict[str, Any]) -> dict[str, Any]:
 def _expand(losses: list[list[float]], batch_size: int, total: int) -> list[list[float]]:
     """One loss curve per request (a batch's curve repeated for its requests)."""
     return [losses[i // batch_size] for i in range(total)]
-
-
-#: summary name -> per-request key
-SUMMARY_KEYS = {"rel": "rewrite_acc", "gen": "rephrase_acc", "loc": "locality", "port": "portability_acc",
-                "ppl": "rewrite_ppl", "gen_em": "generate_exact_match", "gen_rel": "gen_rewrite",
-                "gen_gen": "gen_rephrase", "gen_loc": "gen_locality"}
-
-
-def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict[str, float]:
-    """Means of each metric over the requests that have it; ``avg`` = mean of Rel, Gen and Loc (as the WISE
-    paper's; portability is reported beside it, not in it). A benchmark whose Rel is a perplexity
-    (Hallucination: ``ppl``, lower is better) has no ``avg``: a perplexity and accuracies do not average."""
-    summary: dict[str, float] = {}
-    for name, key in SUMMARY_KEYS.items():
-        values = [r[key] for r in results if key in r]
-        if values:
-            label = {"gen": rephrase_name, "gen_gen": f"gen_{rephrase_name}"}.get(name, name)
-            summary[label] = statistics.fmean(values)
-    parts = [summary[k] for k in ("rel", rephrase_name, "loc") if k in summary]
-    if parts and "ppl" not in summary:
-        summary["avg"] = statistics.fmean(parts)
-    summary["n"] = len(results)
-    return summary
-
-
-def by_block(results: list[dict[str, Any]], rephrase_name: str = "gen", n_blocks: int = 10
-             ) -> list[dict[str, Any]]:
-    """Retention: the metrics of each of ``n_blocks`` consecutive blocks of the stream (by edit position), all
-    scored on the same final model, so the first block says what the oldest edits kept."""
-    n = len(results)
-    edges = [round(i * n / n_blocks) for i in range(n_blocks + 1)]
-    return [{"first": a, "last": b - 1, **summarize(results[a:b], rephrase_name)}
-            for a, b in zip(edges, edges[1:]) if b > a]
 
 
 def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],

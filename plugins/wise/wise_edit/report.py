@@ -15,11 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from .evaluation import PLOTTED, TITLES
 from .results import markdown_table
 
-PLOTTED = ("rel", "gen", "ood", "loc", "nloc", "port", "avg", "gen_rel", "gen_gen", "gen_ood", "gen_loc")
-TITLES = {"nloc": "Neighbourhood Loc", "port": "Portability", "ood": "OOD Gen", "gen_rel": "Rel (generated)",
-          "gen_gen": "Gen (generated)", "gen_ood": "OOD Gen (generated)", "gen_loc": "Loc (generated)"}
 
 
 def collect(root: str | Path) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ import transformers
 
 from .version import __version__
 from .errors import RunError
+from .evaluation import TABLE_COLUMNS
 
 
 def code_version() -> dict[str, Any]:
@@ -80,13 +81,9 @@ def lock_output_dir(directory: str | Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-METRIC_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "avg", "port", "ppl", "gen_em", "gen_rel", "gen_gen",
-                  "gen_ood", "gen_loc", "gen_nloc")
-
-
 def markdown_table(rows: list[dict[str, Any]], keys: tuple[str, ...] = ("method", "T")) -> str:
     """A Markdown table of summaries; only metric columns that some row has are shown."""
-    metrics = [m for m in METRIC_COLUMNS if any(m in r for r in rows)]
+    metrics = [m for m in TABLE_COLUMNS if any(m in r for r in rows)]
     head = [*keys, *metrics]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in rows:
