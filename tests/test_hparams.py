@@ -73,3 +73,21 @@ def test_negative_protect_is_refused(tmp_path, alg):
     text = GOOD.replace("FT-L", alg) + "protect: -1\n"
     with pytest.raises(HyperParamsError, match="key 'protect' must be >= 0, got -1.0"):
         HyperParams.from_hparams(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("alg, sites", [("FT-L", 1), ("GRACE", 1), ("ROME", 1), ("MEMOIR", 1), ("WISE", 1),
+                                        ("MEMIT", None)])
+def test_each_method_declares_how_many_matrices_it_edits(alg, sites):
+    from wise_edit import get_method
+
+    cls = get_method(alg).hparams_cls
+    assert cls.SITES == sites
+    two = ["model.layers[1].mlp.down_proj.weight", "model.layers[2].mlp.down_proj.weight"]
+    base = {"alg_name": alg, "model_name": "tiny"}
+    if sites == 1:
+        with pytest.raises(HyperParamsError, match=f"{alg} edits 1 matrix, inner_params has 2"):
+            cls.from_dict({**base, "inner_params": two})
+    else:
+        assert cls.from_dict({**base, "inner_params": two}).inner_params == two
+    with pytest.raises(HyperParamsError, match="lists a matrix twice"):
+        cls.from_dict({**base, "inner_params": two[:1] * 2})

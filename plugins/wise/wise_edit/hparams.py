@@ -47,6 +47,8 @@ class HyperParams:
 
     #: set by each subclass to the alg_name its YAML files must carry
     ALG_NAME: ClassVar[str] = ""
+    #: how many matrices (``inner_params``) the method edits; None: any number of distinct ones
+    SITES: ClassVar[Union[int, None]] = None
 
     @classmethod
     def from_hparams(cls: type[T], path: str | Path) -> T:
@@ -103,6 +105,11 @@ class HyperParams:
                 raise HyperParamsError(f"{source}: key '{name}' must be a finite number, got {value!r}")
         if not self.inner_params:
             raise HyperParamsError(f"{source}: key 'inner_params' must name at least one weight")
+        if len(set(self.inner_params)) != len(self.inner_params):
+            raise HyperParamsError(f"{source}: inner_params lists a matrix twice")
+        if self.SITES is not None and len(self.inner_params) != self.SITES:
+            raise HyperParamsError(f"{source}: {self.ALG_NAME or type(self).__name__} edits {self.SITES} "
+                                   f"matrix, inner_params has {len(self.inner_params)}")
         self._at_least(source, batch_size=1, max_length=MIN_LENGTH, seed=0)
         if self.upper_dtype not in ("float32", "bfloat16", "auto"):
             raise HyperParamsError(f"{source}: key 'upper_dtype' must be 'float32', 'bfloat16' or 'auto', "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Union
 
 from ...hparams import HyperParamsError, TrainedEditHyperParams
 
@@ -8,6 +9,8 @@ from ...hparams import HyperParamsError, TrainedEditHyperParams
 @dataclass
 class FTLHyperParams(TrainedEditHyperParams):
     """FT-L: fine-tune the one matrix named by ``inner_params`` on the edit (WISE paper baseline)."""
+
+    SITES: ClassVar[Union[int, None]] = 1
 
     edit_lr: float = 1e-3
     n_iter: int = 25
@@ -18,6 +21,3 @@ class FTLHyperParams(TrainedEditHyperParams):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if len(self.inner_params) != 1:
-            raise HyperParamsError(
-                f"{source}: FT-L edits exactly one matrix, inner_params has {len(self.inner_params)}")

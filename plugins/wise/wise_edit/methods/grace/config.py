@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Union
 
 from ...hparams import HyperParamsError, TrainedEditHyperParams
 
@@ -8,6 +9,8 @@ from ...hparams import HyperParamsError, TrainedEditHyperParams
 @dataclass
 class GRACEHyperParams(TrainedEditHyperParams):
     """GRACE: a codebook of (key, value, radius) at one layer; a matched row's layer output is the value."""
+
+    SITES: ClassVar[Union[int, None]] = 1
 
     #: radius of a new codebook entry (distance between keys, Euclidean)
     eps: float = 1.0
@@ -19,7 +22,5 @@ class GRACEHyperParams(TrainedEditHyperParams):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if len(self.inner_params) != 1:
-            raise HyperParamsError(f"{source}: GRACE keeps one codebook, inner_params has {len(self.inner_params)}")
         if self.eps <= 0:
             raise HyperParamsError(f"{source}: key 'eps' must be > 0, got {self.eps}")

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Union
 
 from ...hparams import HyperParamsError, SharedMemoryHyperParams
 
@@ -8,6 +9,8 @@ from ...hparams import HyperParamsError, SharedMemoryHyperParams
 @dataclass
 class MEMOIRHyperParams(SharedMemoryHyperParams):
     """MEMOIR: a zero-initialised residual memory written through sample-dependent sparse masks (TopHash)."""
+
+    SITES: ClassVar[Union[int, None]] = 1
 
     grad_clip: float | None = 1.0
     #: active inputs per edit (4096 of 14336 for LLaMA-3-8B)
@@ -17,9 +20,6 @@ class MEMOIRHyperParams(SharedMemoryHyperParams):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if len(self.inner_params) != 1:
-            raise HyperParamsError(f"{source}: MEMOIR keeps one residual memory, inner_params has "
-                                   f"{len(self.inner_params)}")
         if self.top_k < 1:
             raise HyperParamsError(f"{source}: key 'top_k' must be >= 1, got {self.top_k}")
         if not 0 < self.irr_threshold <= 1:

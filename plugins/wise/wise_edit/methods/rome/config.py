@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Union
 
 from ...hparams import HyperParamsError, TrainedEditHyperParams
 
@@ -12,6 +13,8 @@ class ROMEHyperParams(TrainedEditHyperParams):
 
     ``edit_lr``/``n_iter`` are the value optimisation's (EasyEdit's ``v_lr``/``v_num_grad_steps``).
     """
+
+    SITES: ClassVar[Union[int, None]] = 1
 
     edit_lr: float = 0.5
     optimizer: str = "adam"
@@ -32,15 +35,10 @@ class ROMEHyperParams(TrainedEditHyperParams):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        self._check_sites(source)
         if "{}" not in self.kl_template:
             raise HyperParamsError(f"{source}: key 'kl_template' must contain '{{}}' for the subject")
         self._at_least(source, mom2_n_tokens=1, mom2_seq_length=1, kl_factor=0, v_weight_decay=0)
         self._positive(source, "clamp_norm_factor")
-
-    def _check_sites(self, source: str) -> None:
-        if len(self.inner_params) != 1:
-            raise HyperParamsError(f"{source}: ROME edits one matrix, inner_params has {len(self.inner_params)}")
 
     @property
     def corpus(self) -> Path:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import ClassVar, Union
 
 from ...hparams import HyperParamsError, SharedMemoryHyperParams
 
@@ -9,6 +9,8 @@ from ...hparams import HyperParamsError, SharedMemoryHyperParams
 @dataclass
 class WISEHyperParams(SharedMemoryHyperParams):
     """WISE (Wang et al. 2024): side memory, activation router, knowledge shards merged with TIES."""
+
+    SITES: ClassVar[Union[int, None]] = 1
 
     n_iter: int = 70
     #: margins (alpha, beta, gamma) of the routing loss: irrelevant < alpha, edits > beta, gap > gamma
@@ -44,8 +46,6 @@ class WISEHyperParams(SharedMemoryHyperParams):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if len(self.inner_params) != 1:
-            raise HyperParamsError(f"{source}: WISE keeps one side memory, inner_params has {len(self.inner_params)}")
         if len(self.act_margin) != 3:
             raise HyperParamsError(f"{source}: key 'act_margin' needs [alpha, beta, gamma], got {self.act_margin}")
         for name in ("mask_ratio", "act_ratio", "densities"):
