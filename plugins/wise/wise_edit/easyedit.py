@@ -21,6 +21,7 @@ import copy as copying
 import dataclasses
 import json
 import logging
+import os
 import weakref
 from pathlib import Path
 from typing import Any, Callable
@@ -123,7 +124,7 @@ def framework_model_path(model_name: str) -> str:
                                f"{_framework_loader(str(link))!r} loader, not {token!r}; set WISE_EDIT_CACHE")
     link.parent.mkdir(parents=True, exist_ok=True)
     if not link.is_symlink() or link.resolve() != path:
-        tmp = link.with_name(f".{link.name}.{id(path)}")
+        tmp = link.with_name(f".{link.name}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(path, target_is_directory=True)
         tmp.replace(link)  # atomic: a concurrent caller sees the old link or the new one

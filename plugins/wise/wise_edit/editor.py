@@ -10,7 +10,7 @@ import logging
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -114,9 +114,8 @@ class LifelongEditor:
         loc_before_all = self.locality_before(requests)
         # what the unedited model writes for the probes that must not change
         loc_text_before_all = self.locality_generations(requests) if eval_generation else [None] * len(requests)
-        if eval_generation:
-            if neighbourhood is not None:
-                neighbours_text_before = self.free_answers(*neighbourhood)
+        if eval_generation and neighbourhood is not None:
+            neighbours_text_before = self.free_answers(*neighbourhood)
         self.prepare(requests, same_form)
         edit_seconds, losses, done = 0.0, [], 0
         if checkpoint_dir is not None:
@@ -246,9 +245,7 @@ class LifelongEditor:
     def locality_before(self, requests: list[dict[str, Any]]) -> list[torch.Tensor | None]:
         """Per request, the current model's argmax tokens on its locality probe (None where it has none): what
         :meth:`score` compares against, taken before the first edit."""
-        has_loc = [bool(r.get("locality_prompt")) for r in requests]
-        found = iter(self._locality_tokens([r for r, h in zip(requests, has_loc) if h]))
-        return [next(found) if h else None for h in has_loc]
+        return _per_locality_probe(requests, self.answer_tokens)
 
     def _locality_tokens(self, requests: list[dict[str, Any]]) -> list[torch.Tensor]:
         return self.answer_tokens([r["locality_prompt"] for r in requests],
@@ -271,18 +268,14 @@ class LifelongEditor:
         if rel_metric == "perplexity":
             for res, ppl in zip(results, rel.perplexity):
                 res["rewrite_ppl"] = ppl
-        with_reph = [i for i, r in enumerate(requests) if r.get("rephrase_prompt")]
-        if with_reph:
-            gen = score_answers(self.model, self.tok, [requests[i]["rephrase_prompt"] for i in with_reph],
-                                [targets[i] for i in with_reph])
-            for i, acc in zip(with_reph, gen.accuracy):
-                results[i]["rephrase_acc"] = acc
-        with_port = [i for i, r in enumerate(requests) if r.get("portability_prompt")]
-        if with_port:
-            port = score_answers(self.model, self.tok, [requests[i]["portability_prompt"] for i in with_port],
-                                 [requests[i]["portability_ground_truth"] for i in with_port])
-            for i, acc in zip(with_port, port.accuracy):
-                results[i]["portability_acc"] = acc
+        for question, answer, key in (("rephrase_prompt", "target_new", "rephrase_acc"),
+                                      ("portability_prompt", "portability_ground_truth", "portability_acc")):
+            rows = [i for i, r in enumerate(requests) if r.get(question)]
+            if rows:
+                scored = score_answers(self.model, self.tok, [requests[i][question] for i in rows],
+                                       [requests[i][answer] for i in rows])
+                for i, acc in zip(rows, scored.accuracy):
+                    results[i][key] = acc
         with_loc = [i for i, before in enumerate(loc_before) if before is not None]
         if with_loc:
             after = self._locality_tokens([requests[i] for i in with_loc])
@@ -301,10 +294,7 @@ class LifelongEditor:
 
     def locality_generations(self, requests: list[dict[str, Any]]) -> list[str | None]:
         """Per request, the current model's free answer to its locality probe (None where it has none)."""
-        has_loc = [bool(r.get("locality_prompt")) for r in requests]
-        found = iter(self.free_answers([r["locality_prompt"] for r, h in zip(requests, has_loc) if h],
-                                       [r["locality_ground_truth"] for r, h in zip(requests, has_loc) if h]))
-        return [next(found) if h else None for h in has_loc]
+        return _per_locality_probe(requests, self.free_answers)
 
     def _score_generations(self, requests: list[dict[str, Any]], results: list[dict[str, Any]],
                            loc_text_before: list[str | None]) -> None:
@@ -324,6 +314,16 @@ class LifelongEditor:
         for i, text, same in zip(rows, texts, answers_match(texts, before)):
             results[i]["gen_locality"] = same
             results[i]["gen_locality_text"] = text
+
+
+def _per_locality_probe(requests: list[dict[str, Any]], measure: Callable[[list[str], list[str]], list[Any]]
+                        ) -> list[Any]:
+    """``measure(prompts, answers)`` over the requests' locality probes, in one call: one value per request,
+    None where a request has no probe."""
+    has_loc = [bool(r.get("locality_prompt")) for r in requests]
+    probed = [r for r, h in zip(requests, has_loc) if h]
+    found = iter(measure([r["locality_prompt"] for r in probed], [r["locality_ground_truth"] for r in probed]))
+    return [next(found) if h else None for h in has_loc]
 
 
 def _log_entry(request: dict[str, Any]) -> dict[str, Any]:

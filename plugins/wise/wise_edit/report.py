@@ -19,7 +19,6 @@ from .evaluation import PLOTTED, TITLES
 from .results import markdown_table
 
 
-
 def collect(root: str | Path) -> list[dict[str, Any]]:
     """One row per result file under ``root``: method, T, protocol, metrics, seconds per edit, source path, and
     the retention blocks where the file has them."""
