@@ -80,22 +80,40 @@ def locality(before: list[torch.Tensor], after: list[torch.Tensor]) -> list[floa
     return [token_accuracy(a, b) for a, b in zip(after, before)]
 
 
-@torch.no_grad()
 def generation_exact_match(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str],
                            answers: list[str], batch_size: int = 16) -> list[float]:
     """1.0 where greedy ``generate`` (KV cache on) reproduces every answer token, else 0.0."""
-    scores: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        pairs = [encode_pair(tok, p, a) for p, a in
-                 zip(prompts[start:start + batch_size], answers[start:start + batch_size])]
-        batch = pad_pairs([(p, []) for p, _ in pairs], tok.pad_token_id, side="left").to(model.device)
-        steps = max(len(t) for _, t in pairs)
+    pairs = [encode_pair(tok, p, a) for p, a in zip(prompts, answers)]
+    generated = _greedy(model, tok, [p for p, _ in pairs], [len(t) for _, t in pairs], batch_size, stop=False)
+    return [float(ids[:len(target)] == target) for ids, (_, target) in zip(generated, pairs)]
+
+
+@torch.no_grad()
+def _greedy(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[list[int]], caps: list[int],
+            batch_size: int, stop: bool) -> list[list[int]]:
+    """Greedy continuations (KV cache on) of the tokenised ``prompts``, ``caps[i]`` new tokens at most (with
+    ``stop``: cut before the first end-of-sequence token; without: exactly ``caps[i]``).
+
+    Rows are batched in order of (cap, prompt length): a batch runs until its longest cap, and a stream's caps
+    and prompt lengths vary by 10x, so mixed batches spend most of their steps on padding and finished rows.
+    """
+    eos = tok.eos_token_id if stop else None
+    order = sorted(range(len(prompts)), key=lambda i: (caps[i], len(prompts[i])))
+    out: list[list[int]] = [[] for _ in prompts]
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = pad_pairs([(prompts[i], []) for i in rows], tok.pad_token_id, side="left").to(model.device)
+        steps = max(caps[i] for i in rows)
+        limits = {"eos_token_id": eos} if stop else {"min_new_tokens": steps}
         generated = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   max_new_tokens=steps, min_new_tokens=steps, do_sample=False, use_cache=True,
-                                   pad_token_id=tok.pad_token_id)[:, batch.input_ids.shape[1]:].cpu()
-        for row, (_, target) in enumerate(pairs):
-            scores.append(float(generated[row, :len(target)].tolist() == target))
-    return scores
+                                   max_new_tokens=steps, do_sample=False, use_cache=True,
+                                   pad_token_id=tok.pad_token_id, **limits)[:, batch.input_ids.shape[1]:].cpu()
+        for row, i in enumerate(rows):
+            ids = generated[row, :caps[i]].tolist()
+            if eos is not None and eos in ids:
+                ids = ids[:ids.index(eos)]
+            out[i] = ids
+    return out
 
 
 def normalize_answer(text: str) -> str:
@@ -109,26 +127,12 @@ def generation_cap(tok: PreTrainedTokenizerBase, prompt: str, answer: str) -> in
     return 2 * len(encode_pair(tok, prompt, answer)[1]) + 8
 
 
-@torch.no_grad()
 def generate_answers(model: PreTrainedModel, tok: PreTrainedTokenizerBase, prompts: list[str], caps: list[int],
                      batch_size: int = 16) -> list[str]:
     """Greedy ``generate`` from each prompt until the end-of-sequence token or ``caps[i]`` new tokens: what a
     user reads. The text is decoded without special tokens."""
-    texts: list[str] = []
-    stop = tok.eos_token_id
-    for start in range(0, len(prompts), batch_size):
-        part = prompts[start:start + batch_size]
-        batch = pad_pairs([(encode_pair(tok, p, None)[0], []) for p in part], tok.pad_token_id,
-                          side="left").to(model.device)
-        generated = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   max_new_tokens=max(caps[start:start + batch_size]), do_sample=False,
-                                   use_cache=True, pad_token_id=tok.pad_token_id, eos_token_id=stop)
-        for row, cap in enumerate(caps[start:start + batch_size]):
-            ids = generated[row, batch.input_ids.shape[1]:][:cap].tolist()
-            if stop is not None and stop in ids:
-                ids = ids[:ids.index(stop)]
-            texts.append(tok.decode(ids, skip_special_tokens=True))
-    return texts
+    ids = _greedy(model, tok, [encode_pair(tok, p, None)[0] for p in prompts], caps, batch_size, stop=True)
+    return [tok.decode(row, skip_special_tokens=True) for row in ids]
 
 
 def answers_match(generated: list[str], references: list[str]) -> list[float]:
