@@ -57,7 +57,7 @@ def main() -> None:
     hp = editor.hparams
     found = run_data(payload)
     dataset, negatives, probes = found.dataset, found.negatives, found.probes
-    side = editor.method.side
+    side = editor.method.memory
     if side.pool is None:  # a run without the gate saved no pool: collect it, then re-weigh the held edits
         editor.method.hparams = hp.replace(match_radius=1.0)
         editor.method.prepare(dataset.requests, negatives.prompts)

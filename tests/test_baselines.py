@@ -86,7 +86,7 @@ def test_grace_edit_routes_per_row_and_leaves_unrelated_prompts_bit_identical(mo
 
 def test_grace_expands_for_the_same_answer_and_splits_on_conflict(model, tok):
     editor = LifelongEditor(grace_hp(eps=50.0, n_iter=5), model=model, tok=tok)
-    book = editor.method.codebook
+    book = editor.method.memory
     near = dict(REQUESTS[0], prompt=REQUESTS[0]["prompt"] + " ")
     editor.method.apply([REQUESTS[0]])
     editor.method.apply([dict(near)])  # same answer within reach: no new entry, radius covers it

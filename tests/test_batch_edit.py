@@ -46,7 +46,7 @@ def test_wise_batches_cross_shard_boundaries(model, tok):
                                     "merge_freq": 99, "batch_size": 2})
     editor = LifelongEditor(hp, model=model, tok=tok)
     editor.edit_requests(REQUESTS, sequential_edit=True, progress=False)
-    side = editor.method.side
+    side = editor.method.memory
     assert editor.method.edits == 4 and len(side.active.pending) == 1 and side.live is None
     assert len(side.active.edit_keys) == 4
     assert torch.count_nonzero(side.active.pending[0]) > 0

@@ -64,23 +64,23 @@ def test_the_pool_and_the_gate_survive_a_state_round_trip(tok):
     hp = wise_hp(match_radius=0.5, match_texts=2)
     editor = LifelongEditor(hp, model=tiny_llama(), tok=tok)
     editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False, same_form=same_form)
-    side = editor.method.side
+    side = editor.method.memory
     assert side.pool is not None and side.pool.shape[0] == sum(len(tok(t)["input_ids"]) for t in same_form[:2])
     assert routes(editor, [REQUESTS[0]["prompt"], REQUESTS[1]["prompt"]]) == [0, 0]
     other = LifelongEditor(hp, model=tiny_llama(), tok=tok)
     other.method.load_state_dict(editor.method.state_dict())
-    assert torch.equal(other.method.side.pool, side.pool)
-    assert torch.equal(other.method.side.active.index.weights, side.active.index.weights)
+    assert torch.equal(other.method.memory.pool, side.pool)
+    assert torch.equal(other.method.memory.active.index.weights, side.active.index.weights)
     probe = torch.randn(3, 7, side.shape[1])
     mask = torch.ones(3, 7)
-    assert torch.equal(other.method.side.matches(probe, mask), side.matches(probe, mask))
+    assert torch.equal(other.method.memory.matches(probe, mask), side.matches(probe, mask))
 
 
 def test_without_same_form_texts_the_pool_comes_from_the_streams_negatives(tok):
     requests = [dict(r, negative_prompt=q) for r, q in zip(REQUESTS[:2], ["Who wrote Emma?", "Where is Kyoto?"])]
     editor = LifelongEditor(wise_hp(match_radius=0.5), model=tiny_llama(), tok=tok)
     editor.edit_requests(requests, sequential_edit=True, progress=False)
-    assert editor.method.side.pool.shape[0] == len(tok("Who wrote Emma?")["input_ids"]) + len(
+    assert editor.method.memory.pool.shape[0] == len(tok("Who wrote Emma?")["input_ids"]) + len(
         tok("Where is Kyoto?")["input_ids"])
 
 

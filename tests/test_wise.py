@@ -35,7 +35,7 @@ def edited():
 
 def test_edits_accumulate_in_one_side_memory_across_calls(edited):
     editor, first, second = edited
-    side = editor.method.side
+    side = editor.method.memory
     assert editor.method.edits == 4 and len(side.memories) == 1
     assert editor.method.layer.memory is side  # the same side memory the first call wrote into
     # the first call's edits are still held (their keys calibrate the threshold) and still routed to it
@@ -113,7 +113,7 @@ def test_generate_forward_and_teacher_forcing_agree(edited):
 def test_training_stays_inside_the_shard_mask(model, tok, requests_):
     editor = LifelongEditor(wise_hp(save_freq=4, merge_freq=4), model=model, tok=tok)
     editor.edit_requests(requests_[:1], sequential_edit=True, progress=False)
-    live = editor.method.side.live
+    live = editor.method.memory.live
     mask = editor.method._mask()
     assert live.abs().sum() > 0
     assert torch.all(live[mask == 0] == 0)
@@ -122,7 +122,7 @@ def test_training_stays_inside_the_shard_mask(model, tok, requests_):
 
 def test_shards_are_saved_and_merged_with_ties(model, tok, requests_):
     editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2, merge_alg="ties"), model=model, tok=tok)
-    side = editor.method.side
+    side = editor.method.memory
     editor.method.apply(requests_[:1])
     assert len(side.active.pending) == 1 and side.live is None
     shard0 = side.active.pending[0].clone()
@@ -157,7 +157,7 @@ def test_sum_merge_changes_nothing_served_and_every_covered_edit_still_scores(to
         editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=merge_freq, mask_ratio=1.0, merge_alg="sum"),
                                 model=tiny_llama(), tok=tok)
         editor.edit_requests(REQUESTS[:4], sequential_edit=True, progress=False)
-        side = editor.method.side
+        side = editor.method.memory
         assert len(side.active.pending) == (0 if merge_freq == 4 else 4) and side.live is None
         served[merge_freq] = (side.change(0).clone(), side.active.threshold,
                               [r["rewrite_acc"] for r in editor.score(REQUESTS[:4], [None] * 4)])
@@ -171,7 +171,7 @@ def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, mon
     the merged memory alone, and the threshold is calibrated on the edits the memory serves."""
     editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2, mask_ratio=0.5, merge_alg="ties"), model=tiny_llama(),
                             tok=tok)
-    side, method = editor.method.side, editor.method
+    side, method = editor.method.memory, editor.method
     method.apply(REQUESTS[:1])
     shard0 = side.active.pending[0].clone()
     assert shard0.abs().sum() > 0 and torch.count_nonzero(side.change(0)) == 0  # waiting, not served
@@ -238,7 +238,7 @@ def test_protection_keeps_earlier_edits_outputs(tok):
 
     def side_output(editor, request):
         batch, _ = edit_batch(editor.tok, [request], editor.method.prefixes, include_loc=False, max_length=64)
-        return editor.method.runner(batch).keys @ editor.method.side.change(0).T
+        return editor.method.runner(batch).keys @ editor.method.memory.change(0).T
 
     drift, learnt = {}, {}
     for protect in (0.0, 100.0):
@@ -265,7 +265,7 @@ def test_centered_side_memory_reads_keys_minus_the_background(tok):
     editor = LifelongEditor(wise_hp(center_keys=True), model=tiny_llama(), tok=tok)
     pre = editor.score(REQUESTS[:2], [None] * 2)
     run = editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
-    side = editor.method.side
+    side = editor.method.memory
     assert background_texts(REQUESTS[:2], 100, None, tok, 4) == [r["loc_prompt"] for r in REQUESTS[:2]]
     assert side.center.abs().sum() > 0
     # the background key itself is what every prompt shares: it scores 0 and the memory adds nothing for it
@@ -277,7 +277,7 @@ def test_centered_side_memory_reads_keys_minus_the_background(tok):
     assert routes(editor, [r["locality_prompt"] for r in REQUESTS[:2]]) == [MAIN, MAIN]
     other = LifelongEditor(wise_hp(center_keys=True), model=tiny_llama(), tok=tok)
     other.method.load_state_dict(editor.method.state_dict())
-    assert torch.equal(other.method.side.center, side.center)
+    assert torch.equal(other.method.memory.center, side.center)
     assert routes(other, [REQUESTS[0]["prompt"]]) == [0]
 
 
@@ -304,7 +304,7 @@ def test_relative_scores_route_on_the_memorys_gain_not_on_loudness():
 def test_relative_scores_hparam_reaches_the_router(tok):
     editor = LifelongEditor(wise_hp(center_keys=True, relative_scores=True), model=tiny_llama(), tok=tok)
     editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
-    side = editor.method.side
+    side = editor.method.memory
     gains = torch.stack([activation_scores(side.read(k)[None], side.change(0), torch.ones(1, k.shape[0]),
                                            relative=True)[0] for k in side.active.edit_keys])
     assert side.active.threshold == pytest.approx(0.8 * gains.min().item())

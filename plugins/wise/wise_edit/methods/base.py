@@ -8,8 +8,7 @@ from typing import Any, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..hparams import HyperParams
-from ..routing import Memory, RoutedLinear
+from ..hparams import TrainedEditHyperParams
 from ..sites import EditSite, resolve_site
 from ..tokens import TokenBatch
 from ..training.batch import generate_prefixes
@@ -23,7 +22,9 @@ class EditMethod(ABC):
     (non-sequential protocol) and the state can be saved next to an unchanged base model.
     """
 
-    def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, hparams: HyperParams):
+    hparams: TrainedEditHyperParams
+
+    def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, hparams: TrainedEditHyperParams):
         self.model, self.tok, self.hparams = model, tok, hparams
         self.sites: list[EditSite] = [resolve_site(model, p) for p in hparams.inner_params]
         self._prefixes: list[str] | None = None
@@ -32,8 +33,8 @@ class EditMethod(ABC):
     def prefixes(self) -> list[str]:
         """Context prefixes for training rows, generated on first use (``n_prefixes`` of them)."""
         if self._prefixes is None:
-            count, length = getattr(self.hparams, "n_prefixes", 0), getattr(self.hparams, "prefix_length", 8)
-            self._prefixes = generate_prefixes(self.model, self.tok, count, length)
+            self._prefixes = generate_prefixes(self.model, self.tok, self.hparams.n_prefixes,
+                                               self.hparams.prefix_length)
         return self._prefixes
 
     def extra_state(self) -> dict[str, Any]:
@@ -47,13 +48,6 @@ class EditMethod(ABC):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("prefixes") is not None:
             self._prefixes = list(state["prefixes"])
-
-    def attach_memory(self, memory: Memory) -> RoutedLinear:
-        """Wrap the edited matrix so ``memory`` answers the inputs it recognises (once, for the object's life)."""
-        layer = RoutedLinear(self.site.linear, memory)
-        self.site.replace(layer)
-        layer.watch(self.model.get_decoder())
-        return layer
 
     @property
     def site(self) -> EditSite:

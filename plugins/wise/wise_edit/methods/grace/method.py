@@ -3,24 +3,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from ...routing import query_mask
 from ...training.batch import edit_batch
 from ...training.loop import optimise
-from ..base import EditMethod
+from ..routed import RoutedEditMethod
 from .codebook import Codebook, answer_id, last_query_keys
 from .config import GRACEHyperParams
 
 
-class GRACE(EditMethod):
+class GRACE(RoutedEditMethod):
     """Each edit adds a codebook entry, widens one that gives the same answer, or splits one that conflicts."""
 
     hparams: GRACEHyperParams
+    memory: Codebook
 
-    def __init__(self, model, tok, hparams: GRACEHyperParams):
-        super().__init__(model, tok, hparams)
-        self.codebook = Codebook(self.site.linear)
-        self.layer = self.attach_memory(self.codebook)
+    def build_memory(self, linear: nn.Linear) -> Codebook:
+        return Codebook(linear)
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         losses: list[float] = []
@@ -29,7 +29,7 @@ class GRACE(EditMethod):
         return {"losses": losses}
 
     def _edit(self, request: dict[str, Any]) -> list[float]:
-        hp, book = self.hparams, self.codebook
+        hp, book = self.hparams, self.memory
         batch, _ = edit_batch(self.tok, [request], self.prefixes, include_loc=False, max_length=hp.max_length,
                               target_eos=hp.target_eos)
         runner = self.runner(batch)
@@ -54,9 +54,3 @@ class GRACE(EditMethod):
                           done=runner.holds(hp.stop_margin))
         book.add(key, value.detach(), radius, answer)
         return losses
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.codebook.state_dict()
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.codebook.load_state_dict(state)

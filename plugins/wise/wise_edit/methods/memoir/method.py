@@ -4,38 +4,37 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...routing import query_mask
 from ...timing import phase
-from ...training.background import background_mean, background_texts
 from ...training.batch import edit_batch, plain_rows
 from ...training.loop import batch_clip, optimise
-from ..base import EditMethod
+from ..routed import RoutedEditMethod
 from .config import MEMOIRHyperParams
 from .residual_memory import ResidualMemory
 
 
-class MEMOIR(EditMethod):
+class MEMOIR(RoutedEditMethod):
     """Each edit trains only the columns of the residual memory that its prompt's TopHash mask selects."""
 
     hparams: MEMOIRHyperParams
+    memory: ResidualMemory
 
     def __init__(self, model, tok, hparams: MEMOIRHyperParams):
         super().__init__(model, tok, hparams)
-        weight = self.site.linear.weight
-        self.memory = ResidualMemory(weight.shape, weight.device, hparams.top_k, hparams.irr_threshold, hparams.seed,
-                                     hparams.protect)
-        self.layer = self.attach_memory(self.memory)
         self._calibrated = False
+
+    def build_memory(self, linear: nn.Linear) -> ResidualMemory:
+        hp = self.hparams
+        return ResidualMemory(linear.weight.shape, linear.weight.device, hp.top_k, hp.irr_threshold, hp.seed,
+                              hp.protect)
 
     def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
         """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes)."""
         if self._calibrated:
             return
-        texts = background_texts(requests, self.hparams.n_background, self.model, self.tok,
-                                 self.hparams.prefix_length, self.hparams.background_from)
-        self.memory.hash.background = background_mean(self.model, self.tok, self.site, self.layer.base.weight,
-                                                      texts, self.hparams.max_length)
+        self.memory.hash.background = self.background_key(requests)
         self._calibrated = True
 
     def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
@@ -77,9 +76,6 @@ class MEMOIR(EditMethod):
                 self.memory.protection.add(runner.keys[rows][tokens[rows]], masks[r])
         return {"losses": losses}
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.memory.state_dict()
-
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.memory.load_state_dict(state)
+        super().load_state_dict(state)
         self._calibrated = True  # the background mean is part of the state

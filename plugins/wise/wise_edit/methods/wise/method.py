@@ -4,14 +4,15 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...routing import query_mask
 from ...timing import phase
-from ...training.background import background_mean, background_texts, token_keys
+from ...training.background import background_texts, token_keys
 from ...training.batch import edit_batch, plain_rows
 from ...training.loop import batch_clip, optimise
 from ...training.protection import KeyProtection
-from ..base import EditMethod
+from ..routed import RoutedEditMethod
 from .config import WISEHyperParams
 from .loss import margin_loss, separated
 from .merge import ties_merge
@@ -20,7 +21,7 @@ from .shards import shard_mask
 from .side_memory import SideMemory
 
 
-class WISE(EditMethod):
+class WISE(RoutedEditMethod):
     """Edits go to a side memory next to the configured FFN matrix; the main memory never changes.
 
     Every edit lands in the same side memory for the life of this object (and its saved state): it is
@@ -28,17 +29,21 @@ class WISE(EditMethod):
     """
 
     hparams: WISEHyperParams
+    memory: SideMemory
 
     def __init__(self, model, tok, hparams: WISEHyperParams):
         super().__init__(model, tok, hparams)
         weight = self.site.linear.weight
-        self.side = SideMemory(weight.shape, weight.device, hparams.act_ratio, hparams.relative_scores,
-                               hparams.match_radius, serve_pending=hparams.merge_alg == "sum")
-        self.side.open()
-        self.layer = self.attach_memory(self.side)
         self.edits = 0  # edits applied so far; decides shard saves and merges
         self.protection = KeyProtection(weight.shape[1], hparams.protect, weight.device)
         self._centered = not hparams.center_keys  # True once the side memory's center is settled
+
+    def build_memory(self, linear: nn.Linear) -> SideMemory:
+        hp = self.hparams
+        side = SideMemory(linear.weight.shape, linear.weight.device, hp.act_ratio, hp.relative_scores,
+                          hp.match_radius, serve_pending=hp.merge_alg == "sum")
+        side.open()
+        return side
 
     def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
         """With ``center_keys``: the background key of the stream's irrelevant prompts (as MEMOIR's TopHash).
@@ -46,16 +51,13 @@ class WISE(EditMethod):
         them, of the stream's ``negative_prompt`` questions)."""
         hp = self.hparams
         if not self._centered:
-            texts = background_texts(requests, hp.n_background, self.model, self.tok, hp.prefix_length,
-                                     hp.background_from)
-            self.side.center = background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts,
-                                               hp.max_length)
+            self.memory.center = self.background_key(requests)
             self._centered = True
-        if hp.match_radius is not None and self.side.pool is None:
+        if hp.match_radius is not None and self.memory.pool is None:
             texts = list(dict.fromkeys(same_form))[:hp.match_texts] or background_texts(
                 requests, hp.match_texts, self.model, self.tok, hp.prefix_length, "negative_prompt")
-            self.side.set_pool(token_keys(self.model, self.tok, self.site, self.layer.base.weight, texts,
-                                          hp.max_length))
+            self.memory.set_pool(token_keys(self.model, self.tok, self.site, self.layer.base.weight, texts,
+                                            hp.max_length))
 
     def _mask(self) -> torch.Tensor:
         hp = self.hparams
@@ -72,8 +74,8 @@ class WISE(EditMethod):
                                            target_eos=hp.target_eos)
             runner = self.runner(batch)
         weight = self.layer.base.weight
-        side, memory = self.side, self.side.active
-        fixed = memory.change()
+        side = self.memory
+        fixed = side.active.change()
         mask = self._mask()
         live = (side.live.clone() if side.live is not None else torch.zeros_like(weight)).requires_grad_(True)
         irrelevant = irrelevant.to(weight.device)
@@ -134,30 +136,30 @@ class WISE(EditMethod):
         The caller refreshes and calibrates the active memory afterwards; only a memory that retrieve mode
         closes is calibrated here, before the new one opens.
         """
-        hp, side = self.hparams, self.side
+        hp, side = self.hparams, self.memory
         if self.edits // hp.save_freq == before // hp.save_freq or side.live is None:
             return
-        memory = side.active
-        memory.pending.append(side.live)
-        memory.live_from = len(memory.edit_keys)
+        active = side.active
+        active.pending.append(side.live)
+        active.live_from = len(active.edit_keys)
         side.live = None
         if self.edits // hp.merge_freq == before // hp.merge_freq:
             return
-        merged = sum(memory.pending) if hp.merge_alg == "sum" else ties_merge(memory.pending, hp.densities)
-        memory.merged = memory.merged + merged
-        memory.pending = []
-        memory.merged_edits = len(memory.edit_keys)
+        merged = sum(active.pending) if hp.merge_alg == "sum" else ties_merge(active.pending, hp.densities)
+        active.merged = active.merged + merged
+        active.pending = []
+        active.merged_edits = len(active.edit_keys)
         if hp.retrieve:
             side.refresh()
             side.calibrate(len(side.memories) - 1)
             side.open()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.side.state_dict(), **self.protection.state_dict(), "edits": torch.tensor(self.edits)}
+        return {**self.memory.state_dict(), **self.protection.state_dict(), "edits": torch.tensor(self.edits)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)
         self.edits = int(state.pop("edits"))
         self.protection.load_state_dict(state)
-        self.side.load_state_dict(state)
+        self.memory.load_state_dict(state)
         self._centered = True  # the center is part of the state
