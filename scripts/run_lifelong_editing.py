@@ -79,7 +79,6 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
     from wise_edit import HyperParams, LifelongEditor
     from wise_edit.data import add_negatives, load_dataset
     from wise_edit.models import resolve_model_path
-    from wise_edit.persistence import save_edits
     from wise_edit.results import code_version, markdown_table, write_json_or_fallback
 
     start = time.perf_counter()
@@ -113,7 +112,7 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
                                    use_chat_template=cfg.use_chat_template)
     run_out["timing"]["wall_seconds"] = time.perf_counter() - start
     if cfg.save_edits and cfg.sequential_edit:
-        save_edits(editor, output_dir / "edits")
+        editor.save(output_dir / "edits")
     payload = {
         "summary": run_out["summary"],
         "alg_name": hparams.alg_name,

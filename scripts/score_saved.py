@@ -21,7 +21,7 @@ from wise_edit import HyperParams, LifelongEditor
 from wise_edit.data import run_data
 from wise_edit.evaluation import by_block, summarize
 from wise_edit.metrics import locality
-from wise_edit.persistence import read_meta, restore
+from wise_edit.persistence import read_record
 from wise_edit.results import code_version, markdown_table, write_json
 
 
@@ -34,7 +34,7 @@ def main() -> None:
     start = time.perf_counter()
     payload = json.loads((run / "results.json").read_text())
     state = run / args.state
-    meta = read_meta(state)
+    meta = read_record(state)
     k = len(meta["edit_log"])
     found = run_data(payload, ds_size=k)
     requests = found.dataset.requests
@@ -44,7 +44,7 @@ def main() -> None:
     loc_before = editor.locality_before(requests)
     probes = found.probes
     nloc_before = editor.answer_tokens(probes.prompts, probes.answers) if probes else None
-    restore(editor, state)
+    editor.load_state(state)
     fmt = found.dataset.format
     results = editor.score(requests, loc_before, fmt.rel_metric)
     summary = summarize(results, fmt.rephrase_name)

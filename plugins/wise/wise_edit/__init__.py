@@ -1,11 +1,10 @@
 """wise-edit: lifelong knowledge editing (WISE, MEMOIR and baselines) for the EasyEdit framework."""
 
 from . import methods  # noqa: F401  (registers the built-in methods)
-from .editor import LifelongEditor, load_edits, make_requests
+from .editor import LifelongEditor, load_edits, make_requests, save_edits
 from .evaluation import summarize
 from .errors import EditStateError
 from .hparams import HyperParams, HyperParamsError
-from .persistence import save_edits
 from .registry import get_method, register_method, registered_methods
 from .version import __version__
 

@@ -5,6 +5,7 @@ It knows no method by name: ``alg_name`` is looked up in :mod:`wise_edit.registr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import statistics
@@ -24,11 +25,29 @@ from .metrics import (answers_match, generate_answers, generation_cap, generatio
                       score_answers)
 from .models import load_model, load_tokenizer
 from .errors import EditStateError, NonFiniteError, RequestError
-from .persistence import META_FILE, fingerprint, read_meta, restore, save_edits
+from .persistence import RECORD_FILE, STATE_FILE, check_base, fingerprint, is_state, read_record, read_tensors, write_state
 from .registry import get_method
+from .results import code_version
 from .timing import phase
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StreamProgress:
+    """Where a checkpointed stream stands: what a resumed run adds to its own (edit time, loss curves) and the
+    random state the next edit starts from."""
+
+    edit_seconds: float = 0.0
+    losses: list[list[float]] = dataclasses.field(default_factory=list)
+    rng_state: list[int] | None = None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "StreamProgress":
+        # checkpoints written before the record had a "progress" entry keep these three at its top level
+        saved = record.get("progress") or {k: record[k] for k in ("edit_seconds", "losses", "rng_state")
+                                           if k in record}
+        return cls(**saved)
 
 
 class LifelongEditor:
@@ -59,11 +78,45 @@ class LifelongEditor:
                    tok: PreTrainedTokenizerBase | None = None) -> "LifelongEditor":
         """An editor over a fresh base model (loaded from the saved ``model_name`` unless given) with the
         edits saved in ``directory``."""
-        meta = read_meta(directory)
-        hparams = HyperParams.from_dict(meta["hparams"], source=str(Path(directory) / META_FILE))
+        record = read_record(directory)
+        hparams = HyperParams.from_dict(record["hparams"], source=str(Path(directory) / RECORD_FILE))
         editor = cls(hparams, model=model, tok=tok)
-        restore(editor, directory)
+        editor.load_state(directory)
         return editor
+
+    def state_record(self) -> dict[str, Any]:
+        """What a saved state says about itself beside the method's tensors."""
+        return {"alg_name": self.hparams.alg_name, "hparams": self.hparams.to_dict(),
+                "base_fingerprint": self.base_fingerprint, "edit_log": self.edit_log,
+                "method_state": self.method.extra_state(), "code_version": code_version()}
+
+    def save(self, directory: str | Path, progress: StreamProgress | None = None) -> Path:
+        """Save the edits (not the base model) to ``directory``; with ``progress``, as a checkpoint of a stream."""
+        record = self.state_record()
+        if progress is not None:
+            record["progress"] = dataclasses.asdict(progress)
+        return write_state(directory, self.method.state_dict(), record)
+
+    def load_state(self, directory: str | Path) -> dict[str, Any]:
+        """Put the state saved in ``directory`` into this editor, whose model must be the unedited base; returns
+        the state's record."""
+        directory = Path(directory)
+        record = read_record(directory)
+        if record["alg_name"] != self.hparams.alg_name:
+            raise EditStateError(f"{directory} holds {record['alg_name']} edits, this editor runs "
+                                 f"{self.hparams.alg_name}")
+        check_base(record, self.base_fingerprint, directory)
+        state = read_tensors(directory, self.model.device)
+        try:
+            self.method.load_state_dict(state)
+        except KeyError as missing:
+            raise EditStateError(f"{directory / STATE_FILE}: the saved {self.hparams.alg_name} state has no "
+                                 f"entry {missing}") from None
+        except EditStateError as exc:
+            raise EditStateError(f"{directory / STATE_FILE}: {exc}") from None
+        self.method.load_extra_state(record.get("method_state", {}))
+        self.edit_log = list(record["edit_log"])
+        return record
 
     def edit(self, prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts: Sequence[str] | None = None,
              locality_inputs: dict[str, dict[str, Sequence[str]]] | None = None,
@@ -117,11 +170,12 @@ class LifelongEditor:
         if eval_generation and neighbourhood is not None:
             neighbours_text_before = self.free_answers(*neighbourhood)
         self.prepare(requests, same_form)
-        edit_seconds, losses, done = 0.0, [], 0
+        resumed, done = StreamProgress(), 0
         if checkpoint_dir is not None:
             if not sequential_edit:
                 raise ValueError("checkpoints resume a sequential edit stream; sequential_edit is False")
-            edit_seconds, losses, done = self._resume(Path(checkpoint_dir), requests)
+            resumed, done = self._resume(Path(checkpoint_dir), requests)
+        edit_seconds, losses = resumed.edit_seconds, resumed.losses
         resumed_seconds = edit_seconds  # spent by the run(s) before the checkpoint
         batch_size = self.hparams.batch_size
         bar = tqdm(total=len(requests), initial=done, desc=f"{self.hparams.alg_name} edits", unit="edit",
@@ -137,8 +191,7 @@ class LifelongEditor:
                 finished = i + len(chunk)
                 if checkpoint_dir is not None and checkpoint_every and (
                         finished - saved >= checkpoint_every or finished == len(requests)):
-                    save_edits(self, checkpoint_dir, extra={"losses": losses, "edit_seconds": edit_seconds,
-                                                            "rng_state": torch.get_rng_state().tolist()})
+                    self.save(checkpoint_dir, StreamProgress(edit_seconds, losses, torch.get_rng_state().tolist()))
                     saved = finished
             with phase("score"):
                 results = self.score(requests, loc_before_all, rel_metric, eval_generation, loc_text_before_all)
@@ -208,39 +261,40 @@ class LifelongEditor:
             self.edit_log += [_log_entry(r) for r in requests]
         return stats
 
-    def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[float, list, int]:
-        """Load a checkpoint of this very run's first edits, if there is one: (edit seconds, losses, edits done).
+    def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[StreamProgress, int]:
+        """Load a checkpoint of this very run's first edits, if there is one: (its progress, edits done).
 
         Only the same run resumes: the same method, hyperparameters and package version, the same first requests
-        (and, checked by :func:`restore`, the same base model). Anything else is refused with what differs.
+        (and, checked by :meth:`load_state`, the same base model). Anything else is refused with what differs.
         """
-        if not (directory / META_FILE).exists():
-            return 0.0, [], 0
+        if not is_state(directory):
+            return StreamProgress(), 0
         if self.edit_log:
             raise EditStateError(f"cannot resume from {directory}: this editor has already applied edits")
-        meta = read_meta(directory)
-        theirs = {"alg_name": meta["alg_name"], **{f"hparams.{k}": v for k, v in meta["hparams"].items()}}
+        record = read_record(directory)
+        theirs = {"alg_name": record["alg_name"], **{f"hparams.{k}": v for k, v in record["hparams"].items()}}
         mine = {"alg_name": self.hparams.alg_name,
                 **{f"hparams.{k}": v for k, v in json.loads(json.dumps(self.hparams.to_dict())).items()}}
-        theirs["wise_edit version"] = meta.get("code_version", {}).get("package")
+        theirs["wise_edit version"] = record.get("code_version", {}).get("package")
         mine["wise_edit version"] = __version__
         differ = [f"{k}: {theirs.get(k)!r} in the checkpoint, {mine.get(k)!r} now"
                   for k in sorted(set(theirs) | set(mine)) if theirs.get(k) != mine.get(k)]
         if differ:
             raise EditStateError(f"the checkpoint in {directory} belongs to another configuration ("
                                  + "; ".join(differ) + "); rerun with its settings or use another output directory")
-        done = len(meta["edit_log"])
+        done = len(record["edit_log"])
         if done > len(requests):
             raise EditStateError(f"the checkpoint in {directory} already holds {done} edits, more than the "
                                  f"{len(requests)} asked for now; edits cannot be taken back: use ds_size >= {done} "
                                  "or another output directory")
-        if meta["edit_log"] != [_log_entry(r) for r in requests[:done]]:
+        if record["edit_log"] != [_log_entry(r) for r in requests[:done]]:
             raise EditStateError(f"the checkpoint in {directory} was made for a different request stream "
                                  "(its edit log does not match the first requests); use another output directory")
-        meta = restore(self, directory)
-        torch.set_rng_state(torch.tensor(meta["rng_state"], dtype=torch.uint8))
+        progress = StreamProgress.from_record(self.load_state(directory))
+        if progress.rng_state is not None:
+            torch.set_rng_state(torch.tensor(progress.rng_state, dtype=torch.uint8))
         log.warning("resuming after %d edits from the checkpoint in %s", done, directory)
-        return float(meta["edit_seconds"]), list(meta["losses"]), done
+        return progress, done
 
     def locality_before(self, requests: list[dict[str, Any]]) -> list[torch.Tensor | None]:
         """Per request, the current model's argmax tokens on its locality probe (None where it has none): what
@@ -382,6 +436,11 @@ def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:
     if values is None:
         return None
     return [values] if isinstance(values, str) else list(values)
+
+
+def save_edits(editor: LifelongEditor, directory: str | Path) -> Path:
+    """:meth:`LifelongEditor.save` (the name the API has always had)."""
+    return editor.save(directory)
 
 
 def load_edits(directory: str | Path, model: PreTrainedModel | None = None,
