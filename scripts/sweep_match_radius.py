@@ -10,7 +10,7 @@ nloc, and the share of edit prompts, rephrasings and neighbourhood probes the si
 radius changes no trained weight, so one saved stream gives the whole curve. ``none`` is the paper's router
 alone. Prints a table, writes ``<run>/match_radius_sweep.json`` and ``.png`` (Gen and Rel against nloc).
 
-Choose the radius on a dev stream's run (SPEC §4), then use it on the reported stream.
+Choose the radius on a dev stream's run (ZsRE train records 0-499 as edits), then use it on the reported stream.
 """
 
 from __future__ import annotations

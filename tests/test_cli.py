@@ -111,3 +111,11 @@ def test_multirun_writes_a_comparison_that_the_result_files_alone_regenerate(tin
     again = subprocess.run([sys.executable, "-m", "wise_edit.report", str(out)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert (out / "comparison.md").read_text() == table
+    # runs at one T only: bars per metric instead of lines of one point each
+    for path in out.rglob("*T2*/results.json"):
+        path.unlink()
+    single = subprocess.run([sys.executable, "-m", "wise_edit.report", str(out)], capture_output=True, text=True)
+    assert single.returncode == 0, single.stderr
+    assert "| FT-L | 3 | seq | zsre |" in (out / "comparison.md").read_text()
+    assert "| FT-L | 2 |" not in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").stat().st_size > 10_000

@@ -1,4 +1,4 @@
-"""The lifelong editor: applies a stream of edits with a registered method and scores them (SPEC §4).
+"""The lifelong editor: applies a stream of edits with a registered method and scores them (README, "Evaluation protocol").
 
 It knows no method by name: ``alg_name`` is looked up in :mod:`wise_edit.registry`.
 """
@@ -139,14 +139,15 @@ class LifelongEditor:
                       progress: bool = True, checkpoint_dir: str | Path | None = None,
                       checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None,
                       same_form: Sequence[str] = (), use_chat_template: bool = False) -> dict[str, Any]:
-        """Apply ``requests`` (in order) and score them; see SPEC §4 for the two protocols.
+        """Apply ``requests`` (in order) and score them: sequentially (every edit stays; each request is scored
+        on the final model) or one at a time (each request is edited, scored, and undone).
 
         With ``checkpoint_dir`` (sequential only) the edit state is saved there every ``checkpoint_every``
         edits, and a stream that finds a checkpoint of its own first edits resumes after them.
         ``neighbourhood`` (prompts, answers): unedited questions of the edits' form, scored like Loc after the
         whole stream (``summary.nloc``, sequential only: it asks what the final model does to its neighbours).
         ``same_form``: unedited questions of the edits' form for the method's calibrations (never the
-        neighbourhood probes: SPEC §4).
+        neighbourhood probes, which are reserved for evaluation).
         ``use_chat_template``: every question (requests, probes, same-form texts) is put in the tokenizer's chat
         template for editing, routing and scoring (:mod:`wise_edit.chat`); results show the questions as given.
         """

@@ -1,4 +1,4 @@
-"""The evaluation protocol's metrics (SPEC §4), computed in padded batches.
+"""The evaluation protocol's metrics (README, "Evaluation protocol"), computed in padded batches.
 
 Every function feeds ``prompt + " " + answer`` once (teacher forcing) and reads the model's argmax (or
 log-probability) at the positions that predict the answer tokens. Routing decides on the prompt tokens only

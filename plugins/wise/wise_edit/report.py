@@ -51,6 +51,17 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
     markdown = root / "comparison.md"
     markdown.write_text(f"{table}\n\nSeconds per edit and source of each row:\n\n{seconds}\n")
     metrics = [m for m in PLOTTED if any(m in r for r in rows)]
+    plot = root / "comparison.png"
+    if len({r["T"] for r in rows}) == 1:
+        _bar_plot(rows, metrics, plot, plt)
+    else:
+        _line_plot(rows, metrics, plot, plt)
+    _retention_plot(rows, root, plt)
+    return markdown, plot
+
+
+def _line_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: Any) -> None:
+    """One panel per metric, each method's value against T."""
     cols = min(4, len(metrics))
     rows_n = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.4 * rows_n), squeeze=False)
@@ -68,11 +79,27 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
         ax.grid(alpha=0.3)
     axes.flat[len(metrics) - 1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    plot = root / "comparison.png"
-    fig.savefig(plot, dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-    _retention_plot(rows, root, plt)
-    return markdown, plot
+
+
+def _bar_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: Any) -> None:
+    """All runs at one T: a group of bars per metric, one bar per method (a line against T would be a dot)."""
+    methods = sorted({r["method"] for r in rows})
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(metrics) + 2), 3.6))
+    for i, method in enumerate(methods):
+        row = next(r for r in rows if r["method"] == method)
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j, m in enumerate(metrics) if m in row]
+        ax.bar(xs, [row[m] for m in metrics if m in row], width, label=method)
+    ax.set_xticks(range(len(metrics)), [TITLES.get(m, m.capitalize()) for m in metrics], fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"T = {rows[0]['T']}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(6, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _retention_plot(rows: list[dict[str, Any]], root: Path, plt: Any) -> Path | None:
