@@ -175,6 +175,7 @@ def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, mon
     method.apply(REQUESTS[:1])
     shard0 = side.active.pending[0].clone()
     assert shard0.abs().sum() > 0 and torch.count_nonzero(side.change(0)) == 0  # waiting, not served
+    side.settle()
     assert side.active.threshold == float("inf")  # no served edit: the memory answers nothing
     assert routes(editor, [REQUESTS[0]["prompt"]]) == [MAIN]
     merged_inputs = []
@@ -187,6 +188,7 @@ def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, mon
     mask1 = shard_mask(second.shape, 0.5, method.hparams.seed, 1, second.device)
     assert torch.all(second[mask1 == 0] == 0)  # shard 1 in its own subspace, not on top of shard 0
     assert torch.equal(side.change(0), ties_merge([first, second], 0.53))
+    side.settle()  # thresholds are computed when routing next needs them
     assert side.active.threshold < float("inf")
 
 
@@ -292,7 +294,8 @@ def test_relative_scores_route_on_the_memorys_gain_not_on_loudness():
         memory.edit_keys.append(torch.tensor([[2.0, 0.0, 0.0]]))
         side.refresh()
         side.calibrate(0)
-        decisions[relative] = (memory.threshold, side.route(keys, torch.ones(3, 1)).tolist())
+        routed = side.route(keys, torch.ones(3, 1)).tolist()  # routing settles the threshold first
+        decisions[relative] = (memory.threshold, routed)
     # absolute: threshold 0.9 * 8; the loud key moves the output by 10 and is routed to the memory
     assert decisions[False] == (pytest.approx(7.2), [0, 0, MAIN])
     # relative: threshold 0.9 * 4 (gain of the edit's direction); the loud key's gain is 1, the silent key's 0
@@ -324,3 +327,21 @@ def test_neighbour_negatives_are_irrelevant_rows_and_stay_with_the_main_model(to
     assert routes(editor, [request["prompt"], "Who wrote Emma?"]) == [0, MAIN]
     with pytest.raises(ValueError, match="needs a 'negative_prompt'"):
         editor.method.apply([REQUESTS[1]])
+
+
+def test_a_threshold_computed_when_routing_needs_it_equals_one_computed_after_each_edit(tok):
+    """Calibration is deferred to the next routing decision (its cost grows with the edits held); the
+    thresholds, routes and the saved state are those of calibrating right after every edit."""
+    lazy = LifelongEditor(wise_hp(save_freq=2, merge_freq=4), model=tiny_llama(), tok=tok)
+    eager = LifelongEditor(wise_hp(save_freq=2, merge_freq=4), model=tiny_llama(), tok=tok)
+    for request in REQUESTS:
+        lazy.apply([request])
+        eager.apply([request])
+        eager.method.memory.settle()
+        assert lazy.method.memory.active.stale and not eager.method.memory.active.stale
+    probes = [r["prompt"] for r in REQUESTS] + ["nq question: capital of Peru"]
+    assert routes(lazy, probes) == routes(eager, probes)
+    assert [m.threshold for m in lazy.method.memory.memories] == [m.threshold for m in eager.method.memory.memories]
+    assert lazy.method.memory.active.threshold < float("inf")
+    a, b = lazy.method.state_dict(), eager.method.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 _QUERY_LENGTHS: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("query_lengths", default=None)
+_UNROUTED: contextvars.ContextVar[bool] = contextvars.ContextVar("unrouted", default=False)
 
 #: route value of a row that the memory does not answer
 MAIN = -1
@@ -36,6 +37,21 @@ def query_span(lengths: torch.Tensor | None) -> Iterator[None]:
         yield
     finally:
         _QUERY_LENGTHS.reset(token)
+
+
+@contextlib.contextmanager
+def unrouted() -> Iterator[None]:
+    """Within this block a routed layer computes its original map alone and decides nothing.
+
+    For passes that only read the layer's input (an edit's key capture): a routing decision costs work that
+    grows with the edits held (the match gate, the threshold), and the edit being trained replaces the memory's
+    output anyway.
+    """
+    token = _UNROUTED.set(True)
+    try:
+        yield
+    finally:
+        _UNROUTED.reset(token)
 
 
 def query_mask(attention_mask: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
@@ -101,6 +117,8 @@ class RoutedLinear(nn.Module):
 
     def forward(self, keys: torch.Tensor) -> torch.Tensor:
         out = self.base(keys)
+        if _UNROUTED.get():
+            return out
         if not self._in_call or self._route is None or self._route.shape[0] != keys.shape[0]:
             mask = self._attention_mask if self._in_call else None
             if mask is None or mask.shape != keys.shape[:2]:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from ..routing import unrouted
 from ..sites import EditSite, hidden_of, run_through
 from ..tokens import TokenBatch
 
@@ -56,13 +57,15 @@ class SiteRunner:
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
-        """One pass up to the edited layer recording the keys and the outputs needed to replay the frozen part."""
+        """One pass up to the edited layer recording the keys and the outputs needed to replay the frozen part
+        (the edited matrix's output is subtracted from the layer's, so a routed memory need not decide)."""
         seen: dict[str, torch.Tensor] = {}
         hook = self.site.linear.register_forward_hook(
             lambda m, args, out: seen.update(keys=args[0].detach(), linear_out=out.detach()))
         try:
-            layer_out = run_through(self.model, self.site.layer, input_ids=self.batch.input_ids,
-                                    attention_mask=self.batch.attention_mask)
+            with unrouted():
+                layer_out = run_through(self.model, self.site.layer, input_ids=self.batch.input_ids,
+                                        attention_mask=self.batch.attention_mask)
         finally:
             hook.remove()
         if self.fast:

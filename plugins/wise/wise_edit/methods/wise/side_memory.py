@@ -34,6 +34,7 @@ class Memory:
     pending: list[torch.Tensor] = field(default_factory=list)  # finished shards awaiting the next merge
     edit_keys: list[torch.Tensor] = field(default_factory=list)  # (S_i, d_in) query keys of each held edit
     threshold: float = float("inf")
+    stale: bool = False  # the threshold is to be recomputed before the memory next routes (SideMemory.settle)
     index: TokenIndex | None = None  # the held edits' tokens, for the match gate
     serve_pending: bool = False  # finished shards answer before they are merged (merge_alg: sum)
     merged_edits: int = 0  # edit_keys[:merged_edits] are the merged shards' edits
@@ -106,7 +107,22 @@ class SideMemory:
         return self._changes
 
     def calibrate(self, index: int) -> None:
-        """Threshold of memory ``index`` from what it does *now* for every edit it holds."""
+        """Recalibrate memory ``index`` from what it does *now* for every edit it holds, when it next routes.
+
+        Only routing (and saving) reads a threshold, and computing one is a product over every held edit's
+        tokens: done after every edit, each edit's cost grew with T. Marked here and computed by :meth:`settle`
+        from the same state, the threshold is the one an immediate calibration would give.
+        """
+        self.memories[index].stale = True
+
+    def settle(self) -> None:
+        """Compute every threshold marked by :meth:`calibrate`."""
+        for index, memory in enumerate(self.memories):
+            if memory.stale:
+                self._calibrate(index)
+                memory.stale = False
+
+    def _calibrate(self, index: int) -> None:
         memory = self.memories[index]
         held = memory.served_keys()
         if not held:
@@ -122,6 +138,7 @@ class SideMemory:
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        self.settle()
         if self._changes is None:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
         read = self.read(keys)
@@ -148,6 +165,7 @@ class SideMemory:
 
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
+        self.settle()
         state: dict[str, torch.Tensor] = {"num_memories": torch.tensor(len(self.memories)),
                                           "center": self.center.clone()}
         if self.pool is not None:
