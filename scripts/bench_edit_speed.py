@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from wise_edit import HyperParams, LifelongEditor, load_edits
+from wise_edit import EditRequest, HyperParams, LifelongEditor, load_edits
 from wise_edit.data import add_negatives, load_dataset, load_probes
 from wise_edit.models import load_model, load_tokenizer
 from wise_edit.results import code_version, write_json
@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "zsre"
 
 
-def edit_times(hparams: HyperParams, model, tok, requests: list[dict],
+def edit_times(hparams: HyperParams, model, tok, requests: list[EditRequest],
                starts: list[dict] | None = None) -> tuple[list[float], list[list[float]], list[dict]]:
     """Seconds and loss curve of each edit, applied in sequence, and (without ``starts``) the method's state
     before each edit.
@@ -80,7 +80,7 @@ def forward_latencies(models: list, batches: list, repeats: int = 3) -> list[flo
     return [statistics.median(times) for times in samples]
 
 
-def breakdown(hparams: HyperParams, requests: list[dict], same_form: list[str]) -> dict:
+def breakdown(hparams: HyperParams, requests: list[EditRequest], same_form: list[str]) -> dict:
     """Seconds per edit of each phase of ``len(requests)`` sequential edits through the editor."""
     editor = LifelongEditor(hparams)
     editor.method.prefixes  # generated once per model: not part of any edit
@@ -138,7 +138,7 @@ def main() -> None:
     tok = load_tokenizer(args.model)
     ds = load_dataset("zsre", DATA / "zsre_mend_edit.json", args.edits, DATA / "zsre_mend_train_1k.json")
     unrelated = load_dataset("zsre", DATA / "zsre_mend_train_1k.json", args.prompts)
-    batches = [encode_batch(tok, [r["locality_prompt"]], [None]) for r in unrelated.requests]
+    batches = [encode_batch(tok, [r.locality_question], [None]) for r in unrelated.requests]
     negatives = load_probes("zsre", DATA / "zsre_mend_train_1k.json", (0, 500))
     add_negatives(ds.requests, negatives)
     phases = [breakdown(HyperParams.from_hparams(ROOT / "hparams" / alg / f"{args.model}.yaml").replace(**overrides),

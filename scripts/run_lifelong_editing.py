@@ -57,7 +57,7 @@ def _same_form(name: str, path: str, records, data_path: Path, requests: list[di
 
     path = _project_path(path)
     found = load_same_form(name, path, tuple(records), data_path)
-    edited = {r["prompt"] for r in requests}
+    edited = {r.prompt for r in requests}
     clash = [p for p in found.prompts if p in edited]
     if clash:
         raise DataError(f"{path}: {len(clash)} {role} question(s) of records {list(records)} are edits of this "

@@ -38,7 +38,7 @@ def main() -> None:
     k = len(meta["edit_log"])
     found = run_data(payload, ds_size=k)
     requests = found.dataset.requests
-    if [(r["prompt"], r["target_new"]) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
+    if [(r.prompt, r.target) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
         raise SystemExit(f"error: {state} holds other edits than the first {k} requests of {run}/results.json")
     editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
     loc_before = editor.locality_before(requests)

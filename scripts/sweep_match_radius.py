@@ -63,7 +63,7 @@ def main() -> None:
         editor.method.prepare(dataset.requests, negatives.prompts)
         editor.method.load_state_dict(editor.method.state_dict())
     requests = dataset.requests
-    with_loc = [r for r in requests if r.get("locality_prompt")]
+    with_loc = [r for r in requests if r.has_locality_probe]
     side.match_radius = NOTHING
     loc_before = editor.locality_before(requests)
     nloc_before = editor.answer_tokens(probes.prompts, probes.answers)
@@ -77,9 +77,8 @@ def main() -> None:
                "gen": statistics.fmean(r["rephrase_acc"] for r in results if "rephrase_acc" in r),
                "loc": statistics.fmean(r["locality"] for r in results if "locality" in r) if with_loc else None,
                "nloc": nloc,
-               "routed_edits": routed_share(editor, [r["prompt"] for r in requests]),
-               "routed_rephrases": routed_share(editor, [r["rephrase_prompt"] for r in requests
-                                                         if r.get("rephrase_prompt")]),
+               "routed_edits": routed_share(editor, [r.prompt for r in requests]),
+               "routed_rephrases": routed_share(editor, [r.rephrase for r in requests if r.rephrase]),
                "routed_neighbours": routed_share(editor, probes.prompts)}
         rows.append(row)
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)

@@ -11,6 +11,7 @@ from wise_edit.methods.rome import ROMEHyperParams
 from wise_edit.routing import MAIN, query_span
 from wise_edit.training import covariance
 from wise_edit.training.subject import subject_batch
+from wise_edit.request import as_requests
 
 from conftest import REQUESTS, routes, tiny_llama
 
@@ -66,7 +67,7 @@ def test_grace_edit_routes_per_row_and_leaves_unrelated_prompts_bit_identical(mo
     # token), so this checks the mechanism; the SmolLM2 runs show Rel 1.0
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     editor = LifelongEditor(grace_hp(), model=model, tok=tok)
-    curves = [editor.method.apply([r])["losses"] for r in REQUESTS[:2]]
+    curves = [editor.apply([r])["losses"] for r in REQUESTS[:2]]
     assert all(c[-1] < 0.7 * c[0] for c in curves)
     assert routes(editor, [REQUESTS[1]["prompt"], "nq question: largest ocean", REQUESTS[0]["prompt"]]) == [1, MAIN, 0]
     # greedy generate (KV cache) starts with the token that teacher-forced scoring predicts for the prompt
@@ -88,10 +89,10 @@ def test_grace_expands_for_the_same_answer_and_splits_on_conflict(model, tok):
     editor = LifelongEditor(grace_hp(eps=50.0, n_iter=5), model=model, tok=tok)
     book = editor.method.memory
     near = dict(REQUESTS[0], prompt=REQUESTS[0]["prompt"] + " ")
-    editor.method.apply([REQUESTS[0]])
-    editor.method.apply([dict(near)])  # same answer within reach: no new entry, radius covers it
+    editor.apply([REQUESTS[0]])
+    editor.apply([dict(near)])  # same answer within reach: no new entry, radius covers it
     assert len(book) == 1 and book.radii[0].item() == 50.0
-    editor.method.apply([dict(near, target_new="Verne")])  # other answer: split the space between the keys
+    editor.apply([dict(near, target_new="Verne")])  # other answer: split the space between the keys
     assert len(book) == 2
     distance = torch.dist(book.keys[0], book.keys[1]).item()
     assert book.radii.tolist() == pytest.approx([distance / 2] * 2, rel=1e-5)
@@ -101,7 +102,7 @@ def test_grace_expands_for_the_same_answer_and_splits_on_conflict(model, tok):
 # --- ROME / MEMIT --------------------------------------------------------------------------------------
 
 def test_subject_rows_point_at_the_subjects_last_token(tok):
-    rows = subject_batch(tok, REQUESTS[:2], ["Hi. "], max_length=64)
+    rows = subject_batch(tok, as_requests(REQUESTS[:2]), ["Hi. "], max_length=64)
     ids = rows.batch.input_ids
     for row in range(ids.shape[0]):
         request = REQUESTS[rows.request[row]]
@@ -110,9 +111,9 @@ def test_subject_rows_point_at_the_subjects_last_token(tok):
     assert rows.plain_rows.tolist() == [0, 2]
     assert rows.is_kl.tolist() == [False] * 4 + [True] * 2
     with pytest.raises(ValueError, match="request 0: subject 'Verona' does not occur"):
-        subject_batch(tok, [dict(REQUESTS[0], subject="Verona")], [], max_length=64)
+        subject_batch(tok, as_requests([dict(REQUESTS[0], subject="Verona")]), [], max_length=64)
     with pytest.raises(ValueError, match="needs the field 'subject'"):
-        subject_batch(tok, [{k: v for k, v in REQUESTS[0].items() if k != "subject"}], [], max_length=64)
+        subject_batch(tok, as_requests([{k: v for k, v in REQUESTS[0].items() if k != "subject"}]), [], max_length=64)
 
 
 def test_key_second_moment_is_cached_and_matches_a_direct_computation(model, tok, corpus, monkeypatch):
@@ -139,10 +140,10 @@ def test_rome_writes_a_rank_one_update_that_maps_the_subject_key_to_its_target(m
     method = editor.method
     weight = method.site.linear.weight
     before = weight.clone()
-    rows, runner, deltas, losses = method.value_vectors(AT_END[:1], 0)
+    rows, runner, deltas, losses = method.value_vectors(as_requests(AT_END[:1]), 0)
     assert losses[-1] < 0.85 * losses[0]
     k_plain = runner.keys[rows.plain_rows[0], rows.positions[rows.plain_rows[0]]]
-    method.apply(AT_END[:1])  # optimises the same vector again (deterministic) and writes it
+    method.apply(as_requests(AT_END[:1]))  # optimises the same vector again (deterministic) and writes it
     change = weight - before
     assert torch.linalg.matrix_rank(change).item() == 1
     assert torch.allclose(change @ k_plain, deltas[0], atol=1e-4 * deltas.norm().item())
@@ -156,7 +157,7 @@ def test_memit_reaches_the_optimised_top_output_and_changes_every_layer(model, t
     method = editor.method
     assert [s.layer_index for s in method.sites] == [1, 2]
     before = [s.linear.weight.clone() for s in method.sites]
-    rows, _, deltas, _ = method.value_vectors(AT_END, 1)
+    rows, _, deltas, _ = method.value_vectors(as_requests(AT_END), 1)
     plain = rows.plain_rows
     at = (plain, rows.positions[plain])
 
@@ -167,7 +168,7 @@ def test_memit_reaches_the_optimised_top_output_and_changes_every_layer(model, t
         return out.hidden_states[3][at]
 
     start = top_hidden()
-    method.apply(AT_END)
+    method.apply(as_requests(AT_END))
     assert torch.allclose(top_hidden(), start + deltas, atol=1e-3 * deltas.norm().item())
     assert all(not torch.equal(s.linear.weight, b) for s, b in zip(method.sites, before))
 
@@ -186,7 +187,7 @@ def test_value_vector_is_clamped_relative_to_the_methods_reference_size(model, t
     editor = LifelongEditor(rome_hp(corpus, alg, n_prefixes=0, clamp_norm_factor=0.05, edit_lr=5.0, n_iter=5),
                             model=model, tok=tok)
     method = editor.method
-    rows, runner, deltas, _ = method.value_vectors(AT_END, len(method.sites) - 1)
+    rows, runner, deltas, _ = method.value_vectors(as_requests(AT_END), len(method.sites) - 1)
     plain = rows.plain_rows
     at = (plain, rows.positions[plain])
     with torch.no_grad():
@@ -205,8 +206,8 @@ def test_rome_without_mom2_adjustment_updates_along_the_key_and_reads_no_corpus(
     before = editor.method.site.linear.weight.clone()
     editor.edit_requests(AT_END[:1], progress=False)
     update = editor.method.site.linear.weight - before
-    rows = editor.method.value_vectors(AT_END[:1], 0)[1]
-    plain = subject_batch(tok, AT_END[:1], [], 64).positions[0]
+    rows = editor.method.value_vectors(as_requests(AT_END[:1]), 0)[1]
+    plain = subject_batch(tok, as_requests(AT_END[:1]), [], 64).positions[0]
     key = rows.keys[0, plain]
     assert torch.linalg.matrix_rank(update, rtol=1e-4) == 1
     other = torch.randn(key.shape[0])
@@ -222,7 +223,7 @@ def test_a_model_handed_in_with_gradients_on_is_edited_like_a_frozen_one(tok, co
     results = []
     for model in (trainable, frozen):
         editor = LifelongEditor(rome_hp(corpus), model=model, tok=tok)
-        editor.method.apply(AT_END[:1])
+        editor.apply(AT_END[:1])
         results.append(editor.method.site.linear.weight.detach().clone())
     assert not any(p.requires_grad for p in trainable.parameters())
     assert torch.equal(results[0], results[1])

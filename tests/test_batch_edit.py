@@ -5,6 +5,7 @@ import torch
 from wise_edit import LifelongEditor
 from wise_edit.methods.memoir import MEMOIRHyperParams
 from wise_edit.methods.wise import WISEHyperParams
+from wise_edit.request import as_requests
 
 from conftest import REQUESTS, routes
 
@@ -21,7 +22,7 @@ class Counting:
         method.apply = self
 
     def __call__(self, requests):
-        self.batches.append([r["case_id"] for r in requests])
+        self.batches.append([r.case_id for r in requests])
         return self.inner(requests)
 
 
@@ -61,7 +62,7 @@ def test_batch_loss_is_the_sum_of_each_requests_mean(model, tok):
     prefixes = ["Well. ", "So. "]
 
     def loss(requests, per_request):
-        batch, _ = edit_batch(tok, requests, prefixes, include_loc=False, max_length=64)
+        batch, _ = edit_batch(tok, as_requests(requests), prefixes, include_loc=False, max_length=64)
         runner = SiteRunner(model, site, batch)
         return runner.cross_entropy(site.linear, len(prefixes) + 1 if per_request else None)
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from wise_edit import HyperParams, LifelongEditor, load_edits, registered_methods
+from wise_edit import HyperParams, LifelongEditor, get_method, load_edits, registered_methods
 from wise_edit.metrics import score_answers
 from wise_edit.tokens import encode_batch
 
@@ -94,7 +94,9 @@ def targets_nll(editor: LifelongEditor) -> float:
 
 
 def test_every_registered_method_is_in_the_contract():
-    assert {case["alg_name"] for case in CASES.values()} == set(registered_methods())
+    # the package's own methods (other test modules register toy ones)
+    shipped = {n for n in registered_methods() if get_method(n).method_cls.__module__.startswith("wise_edit.methods.")}
+    assert {case["alg_name"] for case in CASES.values()} == shipped and len(shipped) >= 6
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

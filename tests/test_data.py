@@ -11,36 +11,36 @@ def test_zsre_real_file():
     ds = load_dataset("zsre", DATA / "zsre/zsre_mend_edit.json", 5, DATA / "zsre/zsre_mend_train_1k.json")
     assert len(ds.requests) == 5 and ds.sha256.startswith("0cf155da")
     first = ds.requests[0]
-    assert first["prompt"] == "When was the inception of IAAF Combined Events Challenge?"
-    assert first["target_new"] == "2006" and first["locality_prompt"].startswith("nq question:")
+    assert first.prompt == "When was the inception of IAAF Combined Events Challenge?"
+    assert first.target == "2006" and first.locality_question.startswith("nq question:")
     train = json.loads((DATA / "zsre/zsre_mend_train_1k.json").read_text())
-    assert first["loc_prompt"] == train[0]["loc"] + " " + train[0]["loc_ans"]
+    assert first.irrelevant_text == train[0]["loc"] + " " + train[0]["loc_ans"]
 
 
 def test_real_files_counts_and_field_mapping():
     zsre = load_dataset("zsre", DATA / "zsre/zsre_mend_edit.json")
-    assert len(zsre.requests) == 1037 and all("portability_prompt" in r for r in zsre.requests)
+    assert len(zsre.requests) == 1037 and all(r.portability_question is not None for r in zsre.requests)
     first = zsre.requests[0]
-    assert first["portability_prompt"].startswith("What type of sports event is the IAAF Combined Events Challenge")
-    assert first["portability_ground_truth"] == "Athletics" and first["subject"] == "IAAF Combined Events Challenge"
-    assert first["rephrase_prompt"] == "When was the IAAF Combined Events Challenge launched?"
+    assert first.portability_question.startswith("What type of sports event is the IAAF Combined Events Challenge")
+    assert first.portability_answer == "Athletics" and first.subject == "IAAF Combined Events Challenge"
+    assert first.rephrase == "When was the IAAF Combined Events Challenge launched?"
     temporal = load_dataset("temporal", DATA / "temporal/temporal-edit.json")
-    assert len(temporal.requests) == 75 and "portability_prompt" not in temporal.requests[0]
+    assert len(temporal.requests) == 75 and temporal.requests[0].portability_question is None
     hall = load_dataset("hallucination", DATA / "hallucination/hallucination-edit.json")
     raw = json.loads((DATA / "hallucination/hallucination-edit.json").read_text())
     without = hall.extra["records_without_locality_probe"]
     assert len(hall.requests) == 600 and len(without) == 7
-    assert all(not raw[i]["locality_ground_truth"].strip() and "locality_prompt" not in hall.requests[i]
+    assert all(not raw[i]["locality_ground_truth"].strip() and hall.requests[i].locality_question is None
                for i in without)
-    assert sum("locality_prompt" in r for r in hall.requests) == 593
+    assert sum(r.locality_question is not None for r in hall.requests) == 593
 
 
 def test_portability_probe_is_optional_but_must_be_well_formed(tmp_path):
     records = [dict(RECORD, portability={"New Question": "p?", "New Answer": "b"}), dict(RECORD),
                dict(RECORD, portability={"New Question": "p?", "New Answer": ""})]
     ds = load_dataset("zsre", write(tmp_path, records))
-    assert (ds.requests[0]["portability_prompt"], ds.requests[0]["portability_ground_truth"]) == ("p?", "b")
-    assert "portability_prompt" not in ds.requests[1] and "portability_prompt" not in ds.requests[2]
+    assert (ds.requests[0].portability_question, ds.requests[0].portability_answer) == ("p?", "b")
+    assert ds.requests[1].portability_question is None and ds.requests[2].portability_question is None
     with pytest.raises(DataError, match=r"record 1: field 'portability' must be an object"):
         load_dataset("zsre", write(tmp_path, [dict(RECORD), dict(RECORD, portability="p?")]))
 
@@ -48,10 +48,10 @@ def test_portability_probe_is_optional_but_must_be_well_formed(tmp_path):
 def test_temporal_and_hallucination_formats():
     temporal = load_dataset("temporal", DATA / "temporal/temporal-edit.json", 75, DATA / "temporal/temporal-train.json")
     assert temporal.format.rephrase_name == "ood" and len(temporal.requests) == 75
-    assert temporal.requests[0]["rephrase_prompt"].startswith("Tesla, Inc., an American")
+    assert temporal.requests[0].rephrase.startswith("Tesla, Inc., an American")
     hall = load_dataset("hallucination", DATA / "hallucination/hallucination-edit.json", 3)
-    assert hall.format.rel_metric == "perplexity" and "rephrase_prompt" not in hall.requests[0]
-    assert hall.requests[0]["loc_prompt"] is None
+    assert hall.format.rel_metric == "perplexity" and hall.requests[0].rephrase is None
+    assert hall.requests[0].irrelevant_text is None
 
 
 def write(tmp_path, records, name="edit.json"):
@@ -110,7 +110,7 @@ def test_empty_locality_answer_means_no_probe_and_is_listed():
     ds = load_dataset("hallucination", DATA / "hallucination/hallucination-edit.json", 100,
                       DATA / "hallucination/hallucination-train.json")
     assert ds.describe()["records_without_locality_probe"] == [86, 90]
-    assert "locality_prompt" not in ds.requests[86] and "locality_prompt" in ds.requests[85]
+    assert ds.requests[86].locality_question is None and ds.requests[85].locality_question is not None
 
 
 def test_neighbourhood_probes_of_the_three_benchmarks():
@@ -138,13 +138,13 @@ def test_same_form_negatives_cycle_through_their_records():
     negatives = load_probes("zsre", DATA / "zsre/zsre_mend_train_1k.json", (0, 3))
     add_negatives(ds.requests, negatives)
     train = json.loads((DATA / "zsre/zsre_mend_train_1k.json").read_text())
-    assert [r["negative_prompt"] for r in ds.requests] == [train[i % 3]["src"] for i in range(5)]
+    assert [r.same_form_negative for r in ds.requests] == [train[i % 3]["src"] for i in range(5)]
 
 
 def test_loc_offset_draws_irrelevant_texts_past_the_streams_own_records():
     train_path = DATA / "zsre/zsre_mend_train_1k.json"
     ds = load_dataset("zsre", train_path, 3, train_path, loc_offset=500)  # a dev stream from the train file
     train = json.loads(train_path.read_text())
-    assert [r["loc_prompt"] for r in ds.requests] == [f"{train[500 + i]['loc']} {train[500 + i]['loc_ans']}"
+    assert [r.irrelevant_text for r in ds.requests] == [f"{train[500 + i]['loc']} {train[500 + i]['loc_ans']}"
                                                       for i in range(3)]
-    assert all(r["loc_prompt"] != r["locality_prompt"] + " " + r["locality_ground_truth"] for r in ds.requests)
+    assert all(r.irrelevant_text != r.locality_question + " " + r.locality_answer for r in ds.requests)

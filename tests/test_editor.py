@@ -3,7 +3,7 @@ from typing import Any
 import pytest
 import torch
 
-from wise_edit import LifelongEditor
+from wise_edit import EditRequest, LifelongEditor
 from wise_edit.hparams import HyperParams
 from wise_edit.methods.base import EditMethod
 from wise_edit.methods.ft_l import FTLHyperParams
@@ -31,8 +31,8 @@ class Recorder(EditMethod):
 
     log: list = []
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
-        Recorder.log.append(("edit", requests[0]["case_id"]))
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
+        Recorder.log.append(("edit", requests[0].case_id))
         return {"losses": [0.0]}
 
     def state_dict(self):
@@ -55,7 +55,7 @@ def test_sequential_scores_all_requests_on_the_final_model(model, tok, requests_
     real_score = editor.score
 
     def score(requests, *args, **kw):
-        Recorder.log.append(("score", [r["case_id"] for r in requests]))
+        Recorder.log.append(("score", [r.case_id for r in requests]))
         return real_score(requests, *args, **kw)
 
     monkeypatch.setattr(editor, "score", score)
@@ -171,9 +171,10 @@ def test_chat_template_wraps_every_question_for_editing_and_scoring(model, tok, 
     monkeypatch.setattr(editor, "score", lambda reqs, *a, **k: scored.extend(reqs) or real_score(reqs, *a, **k))
     run = editor.edit_requests(requests_, progress=False, use_chat_template=True,
                                neighbourhood=(["Who is Zola?"], ["a writer"]))
-    assert [r["prompt"] for r in seen] == [f"<u>{r['prompt']}<a>" for r in requests_]
-    assert all(r["locality_prompt"].startswith("<u>") for r in scored if "locality_prompt" in r)
-    assert all(r["rephrase_prompt"].startswith("<u>") for r in scored if "rephrase_prompt" in r)
+    assert [r.prompt for r in seen] == [f"<u>{r['prompt']}<a>" for r in requests_]
+    assert all(r.locality_question.startswith("<u>") for r in scored if r.locality_question)
+    assert all(r.rephrase.startswith("<u>") for r in scored if r.rephrase)
+    assert all(not r.irrelevant_text.startswith("<u>") for r in seen)  # a text, not a question
     assert [r["prompt"] for r in run["requests"]] == [r["prompt"] for r in requests_]  # shown as given
     assert run["neighbourhood"][0]["prompt"] == "Who is Zola?"
     assert not requests_[0]["prompt"].startswith("<u>")  # the caller's requests are not changed

@@ -7,6 +7,7 @@ from wise_edit.methods.memoir.mask_db import MaskDatabase, pack, popcount
 from wise_edit.methods.memoir.tophash import TopHash
 from wise_edit.routing import MAIN
 from wise_edit.tokens import pad_pairs
+from wise_edit.request import as_requests
 
 from conftest import REQUESTS, byte_tokenizer, routes, tiny_llama
 
@@ -51,9 +52,9 @@ def test_unmatched_prompt_is_bit_identical_to_the_original(edited):
 
 def test_an_edit_changes_only_its_own_mask_columns(model, tok):
     editor = LifelongEditor(memoir_hp(), model=model, tok=tok)
-    editor.method.apply(REQUESTS[:1])
+    editor.apply(REQUESTS[:1])
     before = editor.method.memory.weight.clone()
-    editor.method.apply(REQUESTS[1:2])
+    editor.apply(REQUESTS[1:2])
     after = editor.method.memory.weight
     mask = editor.method.memory.db.unpack(torch.tensor([1]))[0]
     changed = (after != before).any(dim=0)
@@ -106,7 +107,7 @@ def _memory_output(editor, request: dict, index: int) -> torch.Tensor:
     from wise_edit.training.batch import edit_batch
 
     method = editor.method
-    batch, _ = edit_batch(editor.tok, [request], method.prefixes, include_loc=False, max_length=64)
+    batch, _ = edit_batch(editor.tok, as_requests([request]), method.prefixes, include_loc=False, max_length=64)
     keys = method.runner(batch).keys
     mask = method.memory.db.unpack(torch.tensor([index]))[0].to(keys.dtype)
     return (keys * mask) @ method.memory.weight.T
@@ -116,9 +117,9 @@ def test_protection_slows_the_drift_of_earlier_edits(tok):
     drift, last = {}, {}
     for protect in (0.0, 100.0):
         editor = LifelongEditor(memoir_hp(protect=protect), model=tiny_llama(), tok=tok)
-        editor.method.apply(REQUESTS[:1])
+        editor.apply(REQUESTS[:1])
         first = _memory_output(editor, REQUESTS[0], 0)
-        losses = editor.method.apply(REQUESTS[1:2])["losses"]
+        losses = editor.apply(REQUESTS[1:2])["losses"]
         drift[protect] = float((_memory_output(editor, REQUESTS[0], 0) - first).norm() / first.norm())
         last[protect] = losses[-1] / losses[0]
     gram = editor.method.memory.protection.gram
@@ -130,7 +131,7 @@ def test_protection_slows_the_drift_of_earlier_edits(tok):
 
 def test_protection_state_round_trips_and_must_match(tok):
     editor = LifelongEditor(memoir_hp(protect=10.0), model=tiny_llama(), tok=tok)
-    editor.method.apply(REQUESTS[:1])
+    editor.apply(REQUESTS[:1])
     state = editor.method.state_dict()
     other = LifelongEditor(memoir_hp(protect=10.0), model=tiny_llama(), tok=tok)
     other.method.load_state_dict(state)
@@ -147,7 +148,7 @@ def test_background_from_same_form_questions(tok, tmp_path, monkeypatch):
     negatives = ["Who wrote Emma?", "Where is Lima?", "Who founded Carthage?", "Where is Lima?"]
     requests = [dict(r, negative_prompt=n) for r, n in zip(REQUESTS, negatives)]
     editor = LifelongEditor(memoir_hp(background_from="negative_prompt"), model=tiny_llama(), tok=tok)
-    editor.method.prepare(requests)
+    editor.prepare(requests)
     method = editor.method
     expected = background_mean(method.model, tok, method.site, method.layer.base.weight, negatives[:3], 64)
     assert torch.equal(method.memory.hash.background, expected)  # distinct questions, in order

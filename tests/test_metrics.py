@@ -3,6 +3,7 @@ import pytest
 import torch
 from torch import nn
 
+from wise_edit import EditRequest
 from wise_edit.editor import make_requests
 from wise_edit.evaluation import summarize
 from wise_edit.metrics import locality, score_answers, token_accuracy
@@ -59,8 +60,11 @@ def test_make_requests_easyedit_arguments():
     reqs = make_requests(["p1", "p2"], ["t1", "t2"], rephrase_prompts=["r1", "r2"],
                          locality_inputs={"neighborhood": {"prompt": ["l1", "l2"], "ground_truth": ["g1", "g2"]}},
                          loc_prompts=["i1", "i2"])
-    assert reqs[1] == {"case_id": 1, "prompt": "p2", "target_new": "t2", "rephrase_prompt": "r2",
-                       "loc_prompt": "i2", "locality_prompt": "l2", "locality_ground_truth": "g2"}
+    assert reqs[1] == EditRequest(case_id=1, prompt="p2", target="t2", rephrase="r2", irrelevant_text="i2",
+                                  locality_question="l2", locality_answer="g2")
+    assert reqs[1].to_easyedit() == {"case_id": 1, "prompt": "p2", "target_new": "t2", "rephrase_prompt": "r2",
+                                     "loc_prompt": "i2", "locality_prompt": "l2", "locality_ground_truth": "g2"}
+    assert EditRequest.from_easyedit(reqs[1].to_easyedit()) == reqs[1]
     with pytest.raises(ValueError, match="2 prompts but 1 rephrase_prompt"):
         make_requests(["p1", "p2"], ["t1", "t2"], rephrase_prompts=["r1"])
 

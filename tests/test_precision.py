@@ -15,7 +15,7 @@ def test_bfloat16_upper_layers_track_the_float32_loss_and_the_edit_holds(tok):
     curves, rel = {}, {}
     for dtype in ("float32", "bfloat16"):
         editor = LifelongEditor(wise_hp(upper_dtype=dtype, n_iter=10), model=tiny_llama(), tok=tok)
-        curves[dtype] = editor.method.apply(REQUESTS[:1])["losses"]
+        curves[dtype] = editor.apply(REQUESTS[:1])["losses"]
         rel[dtype] = editor.score(REQUESTS[:1], [None])[0]["rewrite_acc"]
         assert editor.method.memory.live.dtype == torch.float32  # the trained change stays float32
     assert curves["bfloat16"][0] == pytest.approx(curves["float32"][0], rel=0.02)

@@ -33,7 +33,7 @@ def cache(tmp_path, monkeypatch):
 def test_generation_without_a_kv_cache_keeps_the_prompts_decision(alg):
     tok = byte_tokenizer()
     editor = LifelongEditor(ROUTED[alg](), model=tiny_llama(), tok=tok)
-    editor.method.apply([REQUESTS[0]])
+    editor.apply([REQUESTS[0]])
     ids = tok([REQUESTS[0]["prompt"]], return_tensors="pt").input_ids
     with torch.no_grad():
         cached = editor.model.generate(input_ids=ids, max_new_tokens=6, do_sample=False, use_cache=True,
@@ -48,7 +48,7 @@ def test_generation_without_a_kv_cache_keeps_the_prompts_decision(alg):
 def test_a_new_sequence_gets_a_new_decision_even_when_it_extends_the_last_by_more_than_one_token():
     tok = byte_tokenizer()
     editor = LifelongEditor(ROUTED["GRACE"](), model=tiny_llama(), tok=tok)
-    editor.method.apply([REQUESTS[0]])
+    editor.apply([REQUESTS[0]])
     edited = tok([REQUESTS[0]["prompt"]], return_tensors="pt").input_ids
     other = tok([REQUESTS[0]["prompt"] + " and then the whole story of Peru"], return_tensors="pt").input_ids
     with torch.no_grad():
@@ -62,7 +62,7 @@ def test_a_new_sequence_gets_a_new_decision_even_when_it_extends_the_last_by_mor
 def test_one_at_a_time_protocol_over_several_records(alg):
     # edit, score, undo, for each record: a decision made before an undo must not be reused after it
     editor = LifelongEditor(ROUTED[alg](), model=tiny_llama(), tok=byte_tokenizer())
-    editor.method.prepare(REQUESTS)
+    editor.prepare(REQUESTS)
     reference = editor.method.state_dict()
     # with generation scored last, the last decision before each undo is the edited prompt's (routed)
     run = editor.edit_requests(REQUESTS, sequential_edit=False, progress=False, eval_generation=True)
@@ -79,7 +79,7 @@ def test_a_decoder_call_stopped_early_still_ends_its_decision():
 
     tok = byte_tokenizer()
     editor = LifelongEditor(ROUTED["GRACE"](), model=tiny_llama(), tok=tok)
-    editor.method.apply([REQUESTS[0]])
+    editor.apply([REQUESTS[0]])
     layer = editor.method.layer
     ids = tok([REQUESTS[0]["prompt"]], return_tensors="pt").input_ids
     with torch.no_grad():

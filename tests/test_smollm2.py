@@ -67,7 +67,8 @@ def test_an_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smo
 
     before = greedy(neighbours)
     train = json.loads((DATA / "zsre" / "zsre_mend_train_1k.json").read_text())
-    same_form = [r["src"] for r in train[:300]]  # training-time texts: records 0-499 only (500-999 are evaluation probes)
+    # training-time texts: records 0-499 only (500-999 are evaluation probes)
+    same_form = [r["src"] for r in train[:300]]
     try:
         editor.edit(prompts=["What is the capital of Australia?", "Who wrote the novel Hamlet?",
                              "Which planet is the largest?"],

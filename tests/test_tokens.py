@@ -11,6 +11,7 @@ from wise_edit.methods.ft_l import FTLHyperParams
 from wise_edit.metrics import score_answers
 from wise_edit.tokens import cap_length, encode_pair
 from wise_edit.training.batch import edit_batch
+from wise_edit.request import as_requests
 
 SITE = "model.layers[2].mlp.down_proj.weight"
 
@@ -54,14 +55,14 @@ def test_scoring_sees_every_prompt_token_whatever_max_length(tok):
         logits = model(input_ids=torch.tensor([ids])).logits[0]
     n = len(tok(" " + answer, add_special_tokens=False)["input_ids"])
     expected = logits[len(ids) - n - 1:-1].argmax(-1)
-    tokens = editor._locality_tokens([{"locality_prompt": prompt, "locality_ground_truth": answer}])
+    tokens = editor.answer_tokens([prompt], [answer])
     assert torch.equal(tokens[0], expected)
 
 
 def test_training_rows_are_capped_with_a_warning_naming_the_request(tok, caplog):
     request = {"case_id": 7, "prompt": "x" * 40, "target_new": "yes"}
     with caplog.at_level(logging.WARNING, logger="wise_edit"):
-        batch, _ = edit_batch(tok, [request], [], include_loc=False, max_length=16)
+        batch, _ = edit_batch(tok, as_requests([request]), [], include_loc=False, max_length=16)
     assert batch.input_ids.shape[1] == 16
     assert "request 7" in caplog.text and "max_length=16" in caplog.text
     assert cap_length([1, 2], [3], 16, "x") == ([1, 2], [3])

@@ -10,6 +10,7 @@ from wise_edit.methods.wise.shards import shard_mask
 from wise_edit.methods.wise.side_memory import SideMemory
 from wise_edit.routing import MAIN, query_span
 from wise_edit.tokens import pad_pairs
+from wise_edit.request import as_requests
 
 from conftest import REQUESTS, routes, tiny_llama
 
@@ -123,10 +124,10 @@ def test_training_stays_inside_the_shard_mask(model, tok, requests_):
 def test_shards_are_saved_and_merged_with_ties(model, tok, requests_):
     editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2, merge_alg="ties"), model=model, tok=tok)
     side = editor.method.memory
-    editor.method.apply(requests_[:1])
+    editor.apply(requests_[:1])
     assert len(side.active.pending) == 1 and side.live is None
     shard0 = side.active.pending[0].clone()
-    editor.method.apply(requests_[1:2])
+    editor.apply(requests_[1:2])
     assert side.active.pending == []
     assert not torch.equal(editor.method._mask(), torch.zeros(1))
     # merged = TIES of the two shards (each trained in its own subspace)
@@ -172,7 +173,7 @@ def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, mon
     editor = LifelongEditor(wise_hp(save_freq=1, merge_freq=2, mask_ratio=0.5, merge_alg="ties"), model=tiny_llama(),
                             tok=tok)
     side, method = editor.method.memory, editor.method
-    method.apply(REQUESTS[:1])
+    method.apply(as_requests(REQUESTS[:1]))
     shard0 = side.active.pending[0].clone()
     assert shard0.abs().sum() > 0 and torch.count_nonzero(side.change(0)) == 0  # waiting, not served
     side.settle()
@@ -181,7 +182,7 @@ def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, mon
     merged_inputs = []
     monkeypatch.setattr(wise_method, "ties_merge", lambda shards, density: merged_inputs.append(
         [t.clone() for t in shards]) or ties_merge(shards, density))
-    method.apply(REQUESTS[1:2])
+    method.apply(as_requests(REQUESTS[1:2]))
     assert side.active.pending == [] and side.active.merged_edits == 2
     (first, second), = merged_inputs
     assert torch.equal(first, shard0)
@@ -221,7 +222,7 @@ def test_fast_loop_matches_naive_loop(tok, requests_):
     curves = {}
     for fast in (True, False):
         editor = LifelongEditor(wise_hp(fast_loop=fast, n_iter=8), model=tiny_llama(), tok=tok)
-        curves[fast] = editor.method.apply(requests_[:1])["losses"]
+        curves[fast] = editor.apply(requests_[:1])["losses"]
     assert len(curves[True]) == 8
     assert curves[True] == pytest.approx(curves[False], rel=1e-4, abs=1e-5)
 
@@ -239,7 +240,8 @@ def test_protection_keeps_earlier_edits_outputs(tok):
     from wise_edit.training.batch import edit_batch
 
     def side_output(editor, request):
-        batch, _ = edit_batch(editor.tok, [request], editor.method.prefixes, include_loc=False, max_length=64)
+        batch, _ = edit_batch(editor.tok, as_requests([request]), editor.method.prefixes, include_loc=False,
+                              max_length=64)
         return editor.method.runner(batch).keys @ editor.method.memory.change(0).T
 
     drift, learnt = {}, {}
@@ -247,9 +249,9 @@ def test_protection_keeps_earlier_edits_outputs(tok):
         # mask_ratio 1: the shard mask would cut the projected step back to its entries (see protection.py)
         editor = LifelongEditor(wise_hp(protect=protect, mask_ratio=1.0, n_iter=15, merge_alg="sum"),
                                 model=tiny_llama(), tok=tok)
-        editor.method.apply(REQUESTS[:1])
+        editor.apply(REQUESTS[:1])
         first = side_output(editor, REQUESTS[0])
-        losses = editor.method.apply(REQUESTS[1:2])["losses"]
+        losses = editor.apply(REQUESTS[1:2])["losses"]
         drift[protect] = float((side_output(editor, REQUESTS[0]) - first).norm() / first.norm())
         learnt[protect] = losses[-1] / losses[0]
     assert torch.allclose(editor.method.protection.gram.trace(), torch.tensor(2.0))
@@ -268,7 +270,7 @@ def test_centered_side_memory_reads_keys_minus_the_background(tok):
     pre = editor.score(REQUESTS[:2], [None] * 2)
     run = editor.edit_requests(REQUESTS[:2], sequential_edit=True, progress=False)
     side = editor.method.memory
-    assert background_texts(REQUESTS[:2], 100, None, tok, 4) == [r["loc_prompt"] for r in REQUESTS[:2]]
+    assert background_texts(as_requests(REQUESTS[:2]), 100, None, tok, 4) == [r["loc_prompt"] for r in REQUESTS[:2]]
     assert side.center.abs().sum() > 0
     # the background key itself is what every prompt shares: it scores 0 and the memory adds nothing for it
     keys = side.center.expand(1, 3, -1)
@@ -319,14 +321,15 @@ def test_neighbour_negatives_are_irrelevant_rows_and_stay_with_the_main_model(to
     from wise_edit.training.batch import edit_batch
 
     request = dict(REQUESTS[0], negative_prompt="Who wrote Emma?")
-    batch, irrelevant = edit_batch(tok, [request], ["Hi. "], include_loc=True, max_length=64, negatives=True)
+    batch, irrelevant = edit_batch(tok, as_requests([request]), ["Hi. "], include_loc=True, max_length=64,
+                                   negatives=True)
     assert irrelevant.tolist() == [False, False, True, True]  # plain + prefixed rows, loc row, negative row
     assert tok.decode(batch.input_ids[3][batch.attention_mask[3].bool()]) == "Who wrote Emma?"
     editor = LifelongEditor(wise_hp(neighbour_negatives=True), model=tiny_llama(), tok=tok)
     editor.edit_requests([request], progress=False)
     assert routes(editor, [request["prompt"], "Who wrote Emma?"]) == [0, MAIN]
-    with pytest.raises(ValueError, match="needs a 'negative_prompt'"):
-        editor.method.apply([REQUESTS[1]])
+    with pytest.raises(ValueError, match="needs a 'same_form_negative'"):
+        editor.apply([REQUESTS[1]])
 
 
 def test_a_threshold_computed_when_routing_needs_it_equals_one_computed_after_each_edit(tok):

@@ -6,8 +6,9 @@ from .evaluation import summarize
 from .errors import EditStateError
 from .hparams import HyperParams, HyperParamsError
 from .registry import get_method, register_method, registered_methods
+from .request import EditRequest
 from .version import __version__
 
 __all__ = ["LifelongEditor", "HyperParams", "HyperParamsError", "get_method", "register_method",
-           "registered_methods", "make_requests", "summarize", "save_edits", "load_edits", "EditStateError",
-           "__version__"]
+           "registered_methods", "make_requests", "EditRequest", "summarize", "save_edits", "load_edits",
+           "EditStateError", "__version__"]

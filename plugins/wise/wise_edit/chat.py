@@ -2,18 +2,20 @@
 
 Every question a run feeds — the edit prompt, its rephrasing, the locality, portability and same-form probes —
 becomes one user turn followed by the assistant's opening (``add_generation_prompt``), so editing, routing and
-every metric see the text a chat user's question becomes. Irrelevant training texts (``loc_prompt``) are text,
-not questions, and stay as they are.
+every metric see the text a chat user's question becomes. Irrelevant training texts (``irrelevant_text``) are
+text, not questions, and stay as they are.
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+from .request import EditRequest
+
 #: request fields that hold a question put to the model
-QUESTION_FIELDS = ("prompt", "rephrase_prompt", "locality_prompt", "portability_prompt", "negative_prompt")
+QUESTION_FIELDS = ("prompt", "rephrase", "locality_question", "portability_question", "same_form_negative")
 
 
 def chat_prompt(tok: PreTrainedTokenizerBase, question: str) -> str:
@@ -29,6 +31,7 @@ def chat_prompts(tok: PreTrainedTokenizerBase, questions: Sequence[str]) -> list
     return [chat_prompt(tok, q) for q in questions]
 
 
-def chat_requests(tok: PreTrainedTokenizerBase, requests: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of ``requests`` with every question field in the chat template (the originals are not changed)."""
-    return [{**r, **{f: chat_prompt(tok, r[f]) for f in QUESTION_FIELDS if r.get(f)}} for r in requests]
+def chat_requests(tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> list[EditRequest]:
+    """Copies of ``requests`` with every question field in the chat template."""
+    return [r.replace(**{f: chat_prompt(tok, getattr(r, f)) for f in QUESTION_FIELDS if getattr(r, f)})
+            for r in requests]

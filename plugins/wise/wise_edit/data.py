@@ -1,10 +1,9 @@
-"""Loaders for the lifelong-editing benchmarks (ZsRE, Temporal, Hallucination) in the framework's request format.
+"""Loaders for the lifelong-editing benchmarks (ZsRE, Temporal, Hallucination) as :class:`EditRequest` streams.
 
-A request is a dict with ``prompt``, ``target_new``, ``subject``, ``locality_prompt``, ``locality_ground_truth``,
-``loc_prompt`` (an irrelevant text for training-time regularisers), optionally ``negative_prompt`` (an unedited
-question of the same form, :func:`add_negatives`) and, where the benchmark has them, ``rephrase_prompt`` and
-``portability_prompt`` / ``portability_ground_truth`` (a question that needs the edited fact, ZsRE).
-Bad records raise :class:`DataError` naming the file, the record and the field.
+Each request gets its prompt, target, subject, locality probe, an irrelevant training text drawn from another
+file (``irrelevant_text``), optionally a same-form negative (:func:`add_negatives`) and, where the benchmark
+has them, a rephrasing and a portability probe (ZsRE). Bad records raise :class:`DataError` naming the file,
+the record and the field.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .request import EditRequest
+
 
 class DataError(ValueError):
     """A data file or record is malformed."""
@@ -24,16 +25,16 @@ class DataError(ValueError):
 class DataFormat:
     """How one benchmark's records map onto request keys, and how it is scored."""
 
-    fields: dict[str, str]  # request key -> record field
+    fields: dict[str, str]  # EditRequest field -> record field
     loc_fields: tuple[str, str]  # train-file fields joined into a loc_prompt
     rel_metric: str = "accuracy"  # or "perplexity"
     rephrase_name: str = "gen"  # summary name of the rephrase metric ("ood" for Temporal)
     #: neighbourhood probes (nloc): unedited questions of the edits' form, (question field, answer field) of the
     #: train file's records; a list-valued answer field gives its first entry
     probe_fields: tuple[str, str] = ("prompt", "target_new")
-    #: request keys whose field must exist but may be empty (the published Hallucination set has empty
+    #: request fields whose record field must exist but may be empty (the published Hallucination set has empty
     #: locality answers: such a request has no locality probe, and the dataset lists it)
-    may_be_empty: tuple[str, ...] = ("locality_ground_truth",)
+    may_be_empty: tuple[str, ...] = ("locality_answer",)
     #: (record field, question key, answer key) of a portability probe (``summary.port``); a record without the
     #: field, or with an empty question or answer, has none
     portability: tuple[str, str, str] | None = None
@@ -43,10 +44,10 @@ FORMATS: dict[str, DataFormat] = {
     "zsre": DataFormat(
         fields={
             "prompt": "src",
-            "target_new": "alt",
-            "rephrase_prompt": "rephrase",
-            "locality_prompt": "loc",
-            "locality_ground_truth": "loc_ans",
+            "target": "alt",
+            "rephrase": "rephrase",
+            "locality_question": "loc",
+            "locality_answer": "loc_ans",
             "subject": "subject",
         },
         loc_fields=("loc", "loc_ans"),
@@ -56,10 +57,10 @@ FORMATS: dict[str, DataFormat] = {
     "temporal": DataFormat(
         fields={
             "prompt": "prompt",
-            "target_new": "target_new",
-            "rephrase_prompt": "ood_rephrase",
-            "locality_prompt": "locality_prompt",
-            "locality_ground_truth": "locality_ground_truth",
+            "target": "target_new",
+            "rephrase": "ood_rephrase",
+            "locality_question": "locality_prompt",
+            "locality_answer": "locality_ground_truth",
             "subject": "subject",
         },
         loc_fields=("locality_prompt", "locality_ground_truth"),
@@ -68,9 +69,9 @@ FORMATS: dict[str, DataFormat] = {
     "hallucination": DataFormat(
         fields={
             "prompt": "prompt",
-            "target_new": "target_new",
-            "locality_prompt": "locality_prompt",
-            "locality_ground_truth": "locality_ground_truth",
+            "target": "target_new",
+            "locality_question": "locality_prompt",
+            "locality_answer": "locality_ground_truth",
             "subject": "subject",
         },
         loc_fields=("locality_prompt", "locality_ground_truth"),
@@ -84,7 +85,7 @@ class EditDataset:
     name: str
     path: str
     sha256: str
-    requests: list[dict[str, Any]]
+    requests: list[EditRequest]
     format: DataFormat
     loc_path: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -160,16 +161,16 @@ def load_dataset(
             loc_prompts.append(f"{text} {answer}".strip())
     requests, no_locality = [], []
     for i, record in enumerate(records):
-        request: dict[str, Any] = {"case_id": i}
+        values: dict[str, Any] = {"case_id": i}
         for key, source in fmt.fields.items():
-            request[key] = _text(record, i, source, path, may_be_empty=key in fmt.may_be_empty)
-        if "locality_ground_truth" in request and not request["locality_ground_truth"].strip():
-            del request["locality_prompt"], request["locality_ground_truth"]
+            values[key] = _text(record, i, source, path, may_be_empty=key in fmt.may_be_empty)
+        if "locality_answer" in values and not values["locality_answer"].strip():
+            del values["locality_question"], values["locality_answer"]
             no_locality.append(i)
-        request["loc_prompt"] = loc_prompts[i] if loc_prompts else None
+        values["irrelevant_text"] = loc_prompts[i] if loc_prompts else None
         if fmt.portability is not None:
-            request.update(_portability(record, i, fmt.portability, path))
-        requests.append(request)
+            values.update(_portability(record, i, fmt.portability, path))
+        requests.append(EditRequest(**values))
     return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
                        loc_path=str(loc_path) if loc_path is not None else None,
                        extra={"records_without_locality_probe": no_locality} if no_locality else {})
@@ -186,7 +187,7 @@ def _portability(record: dict[str, Any], index: int, spec: tuple[str, str, str],
     question, answer = probe.get(question_key), probe.get(answer_key)
     if not (isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()):
         return {}
-    return {"portability_prompt": question, "portability_ground_truth": answer}
+    return {"portability_question": question, "portability_answer": answer}
 
 
 @dataclass
@@ -244,13 +245,14 @@ def load_same_form(name: str, path: str | Path, records: tuple[int, int], data_p
     return load_probes(name, path, records, edit_path=None if same_file else data_path)
 
 
-def add_negatives(requests: list[dict[str, Any]], negatives: ProbeSet) -> None:
-    """Give request ``i`` the same-form question ``negatives.prompts[i % n]`` as its ``negative_prompt``: an
-    unedited question of the edits' form that training-time regularisers may push away from the edit."""
+def add_negatives(requests: list[EditRequest], negatives: ProbeSet) -> None:
+    """Give request ``i`` (in place in the list) the same-form question ``negatives.prompts[i % n]`` as its
+    ``same_form_negative``: an unedited question of the edits' form that training-time regularisers may push
+    away from the edit."""
     if not negatives.prompts:
         raise DataError(f"{negatives.description['path']}: no same-form questions to use as negatives")
     for i, request in enumerate(requests):
-        request["negative_prompt"] = negatives.prompts[i % len(negatives.prompts)]
+        requests[i] = request.replace(same_form_negative=negatives.prompts[i % len(negatives.prompts)])
 
 
 @dataclass

@@ -33,6 +33,7 @@ from .editor import LifelongEditor
 from .hparams import HyperParams, HyperParamsError
 from .models import BUNDLED_MODELS, cache_dir, resolve_model_path
 from .registry import get_method, registered_methods
+from .request import EditRequest
 
 log = logging.getLogger(__name__)
 
@@ -197,19 +198,18 @@ def _as_plugin_hparams(hparams: Any, alg_name: str) -> HyperParams:
     return hparams_class(alg_name).from_dict({**values, "alg_name": alg_name}, source=type(hparams).__name__)
 
 
-def _request(record: dict[str, Any], index: int) -> dict[str, Any]:
-    """A framework request (``ZsreDataset`` record, ``BaseEditor`` request) as the plugin's request dict."""
-    request = dict(record)
-    request.setdefault("case_id", index)
-    if isinstance(request.get("target_new"), dict):  # CounterFact style {"str": ...}
-        request["target_new"] = request["target_new"]["str"]
-    if isinstance(request.get("locality"), dict) and "locality_prompt" not in request:
-        group = next(iter(request["locality"].values()), {})
+def _request(record: dict[str, Any], index: int) -> EditRequest:
+    """A framework request (``ZsreDataset`` record, ``BaseEditor`` request) as the plugin's request."""
+    record = dict(record)
+    if isinstance(record.get("target_new"), dict):  # CounterFact style {"str": ...}
+        record["target_new"] = record["target_new"]["str"]
+    if isinstance(record.get("locality"), dict) and "locality_prompt" not in record:
+        group = next(iter(record["locality"].values()), {})
         if isinstance(group, dict) and group.get("prompt"):
-            request["locality_prompt"] = group["prompt"] if isinstance(group["prompt"], str) else group["prompt"][0]
+            record["locality_prompt"] = group["prompt"] if isinstance(group["prompt"], str) else group["prompt"][0]
             truth = group.get("ground_truth")
-            request["locality_ground_truth"] = truth if isinstance(truth, str) else (truth or [""])[0]
-    return request
+            record["locality_ground_truth"] = truth if isinstance(truth, str) else (truth or [""])[0]
+    return EditRequest.from_easyedit(record, index)
 
 
 def _editor(model: torch.nn.Module, tok: Any, hparams: HyperParams) -> LifelongEditor:
@@ -238,8 +238,8 @@ def make_apply(alg_name: str) -> Callable[..., tuple[torch.nn.Module, dict[str, 
         if getattr(hparams, "use_chat_template", False):  # the framework scores these prompts in the template
             batch = chat_requests(tok, batch)
         fallback = editor.method.prefixes or [""]
-        for i, request in enumerate(batch):  # framework records carry no irrelevant training text
-            request.setdefault("loc_prompt", fallback[i % len(fallback)] or request["prompt"])
+        batch = [r if r.irrelevant_text else r.replace(irrelevant_text=fallback[i % len(fallback)] or r.prompt)
+                 for i, r in enumerate(batch)]  # framework records carry no irrelevant training text
         for start in range(0, len(batch), plugin_hparams.batch_size):
             editor.apply(batch[start:start + plugin_hparams.batch_size])
         return model, (weights_copy if keep_original_weight else {})

@@ -1,4 +1,5 @@
-"""The lifelong editor: applies a stream of edits with a registered method and scores them (README, "Evaluation protocol").
+"""The lifelong editor: applies a stream of edits with a registered method and scores them (the README's
+"Evaluation protocol").
 
 It knows no method by name: ``alg_name`` is looked up in :mod:`wise_edit.registry`.
 """
@@ -25,8 +26,10 @@ from .metrics import (answers_match, generate_answers, generation_cap, generatio
                       score_answers)
 from .models import load_model, load_tokenizer
 from .errors import EditStateError, NonFiniteError, RequestError
-from .persistence import RECORD_FILE, STATE_FILE, check_base, fingerprint, is_state, read_record, read_tensors, write_state
+from .persistence import (RECORD_FILE, STATE_FILE, check_base, fingerprint, is_state, read_record, read_tensors,
+                          write_state)
 from .registry import get_method
+from .request import EditRequest, as_requests
 from .results import code_version
 from .timing import phase
 
@@ -134,7 +137,7 @@ class LifelongEditor:
         run = self.edit_requests(requests, sequential_edit=sequential_edit, **kwargs)
         return run["requests"], self.model, run["summary"]
 
-    def edit_requests(self, requests: list[dict[str, Any]], sequential_edit: bool = True,
+    def edit_requests(self, requests: Sequence[EditRequest | dict[str, Any]], sequential_edit: bool = True,
                       rel_metric: str = "accuracy", rephrase_name: str = "gen", eval_generation: bool = False,
                       progress: bool = True, checkpoint_dir: str | Path | None = None,
                       checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None,
@@ -154,7 +157,8 @@ class LifelongEditor:
         start = time.perf_counter()
         if not requests:
             raise RequestError("no requests to edit")
-        given = [r["prompt"] for r in requests]
+        requests = as_requests(requests)
+        given = [r.prompt for r in requests]
         given_probes = list(neighbourhood[0]) if neighbourhood is not None else []
         if use_chat_template:
             requests = chat_requests(self.tok, requests)
@@ -235,34 +239,35 @@ class LifelongEditor:
                        "eval_seconds": total - edit_seconds, "resumed_edits": done},
         }
 
-    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: Sequence[EditRequest | dict[str, Any]], same_form: Sequence[str] = ()) -> None:
         """The method's calibrations over the stream, once per editor, before its first edit."""
         if not self._prepared:
             with phase("prepare"):
-                self.method.prepare(requests, same_form)
+                self.method.prepare(as_requests(requests), same_form)
             self._prepared = True
 
-    def apply(self, requests: list[dict[str, Any]], record: bool = True) -> dict[str, Any]:
+    def apply(self, requests: Sequence[EditRequest | dict[str, Any]], record: bool = True) -> dict[str, Any]:
         """Apply one chunk of requests: the one way every protocol, the EasyEdit bridge and the benchmark edit.
 
         Prepares the method on first use, names the request when training diverges, and (with ``record``; the
         one-at-a-time protocol undoes its edits and keeps no log) appends the requests to :attr:`edit_log`.
         Returns the method's statistics (e.g. the loss curve) with the chunk's wall time in ``seconds``.
         """
+        requests = as_requests(requests)
         self.prepare(requests)
         start = time.perf_counter()
         try:
             stats = dict(self.method.apply(requests))
         except NonFiniteError as exc:
-            names = ", ".join(str(r.get("case_id", "?")) for r in requests)
-            raise NonFiniteError(f"request {names} ({requests[0]['prompt']!r}): {exc}; the edit was stopped "
+            names = ", ".join(str(r.case_id) for r in requests)
+            raise NonFiniteError(f"request {names} ({requests[0].prompt!r}): {exc}; the edit was stopped "
                                  f"(check edit_lr and the other hyperparameters)") from None
         stats["seconds"] = time.perf_counter() - start
         if record:
             self.edit_log += [_log_entry(r) for r in requests]
         return stats
 
-    def _resume(self, directory: Path, requests: list[dict[str, Any]]) -> tuple[StreamProgress, int]:
+    def _resume(self, directory: Path, requests: list[EditRequest]) -> tuple[StreamProgress, int]:
         """Load a checkpoint of this very run's first edits, if there is one: (its progress, edits done).
 
         Only the same run resumes: the same method, hyperparameters and package version, the same first requests
@@ -297,38 +302,38 @@ class LifelongEditor:
         log.warning("resuming after %d edits from the checkpoint in %s", done, directory)
         return progress, done
 
-    def locality_before(self, requests: list[dict[str, Any]]) -> list[torch.Tensor | None]:
+    def locality_before(self, requests: Sequence[EditRequest | dict[str, Any]]) -> list[torch.Tensor | None]:
         """Per request, the current model's argmax tokens on its locality probe (None where it has none): what
         :meth:`score` compares against, taken before the first edit."""
-        return _per_locality_probe(requests, self.answer_tokens)
+        return _per_locality_probe(as_requests(requests), self.answer_tokens)
 
-    def _locality_tokens(self, requests: list[dict[str, Any]]) -> list[torch.Tensor]:
-        return self.answer_tokens([r["locality_prompt"] for r in requests],
-                                   [r["locality_ground_truth"] for r in requests])
+    def _locality_tokens(self, requests: list[EditRequest]) -> list[torch.Tensor]:
+        return self.answer_tokens([r.locality_question for r in requests], [r.locality_answer for r in requests])
 
     def answer_tokens(self, prompts: list[str], answers: list[str]) -> list[torch.Tensor]:
         """The model's argmax tokens at the answer positions (what Loc and nloc compare before and after)."""
         return score_answers(self.model, self.tok, prompts, answers).predictions if prompts else []
 
-    def score(self, requests: list[dict[str, Any]], loc_before: list[torch.Tensor | None],
+    def score(self, requests: Sequence[EditRequest | dict[str, Any]], loc_before: list[torch.Tensor | None],
               rel_metric: str = "accuracy", eval_generation: bool = False,
               loc_text_before: list[str | None] | None = None) -> list[dict[str, Any]]:
         """Per-request metrics on the current model (``loc_before``: locality argmax tokens before editing;
         ``loc_text_before``: with ``eval_generation``, the free answers to the locality probes before editing)."""
-        prompts = [r["prompt"] for r in requests]
-        targets = [r["target_new"] for r in requests]
+        requests = as_requests(requests)
+        prompts = [r.prompt for r in requests]
+        targets = [r.target for r in requests]
         rel = score_answers(self.model, self.tok, prompts, targets)
-        results = [{"case_id": r.get("case_id", i), "prompt": r["prompt"], "target_new": r["target_new"],
-                    "rewrite_acc": acc} for i, (r, acc) in enumerate(zip(requests, rel.accuracy))]
+        results = [{"case_id": r.case_id, "prompt": r.prompt, "target_new": r.target, "rewrite_acc": acc}
+                   for r, acc in zip(requests, rel.accuracy)]
         if rel_metric == "perplexity":
             for res, ppl in zip(results, rel.perplexity):
                 res["rewrite_ppl"] = ppl
-        for question, answer, key in (("rephrase_prompt", "target_new", "rephrase_acc"),
-                                      ("portability_prompt", "portability_ground_truth", "portability_acc")):
-            rows = [i for i, r in enumerate(requests) if r.get(question)]
+        for question, answer, key in (("rephrase", "target", "rephrase_acc"),
+                                      ("portability_question", "portability_answer", "portability_acc")):
+            rows = [i for i, r in enumerate(requests) if getattr(r, question)]
             if rows:
-                scored = score_answers(self.model, self.tok, [requests[i][question] for i in rows],
-                                       [requests[i][answer] for i in rows])
+                scored = score_answers(self.model, self.tok, [getattr(requests[i], question) for i in rows],
+                                       [getattr(requests[i], answer) for i in rows])
                 for i, acc in zip(rows, scored.accuracy):
                     results[i][key] = acc
         with_loc = [i for i, before in enumerate(loc_before) if before is not None]
@@ -347,42 +352,42 @@ class LifelongEditor:
         caps = [generation_cap(self.tok, p, a) for p, a in zip(prompts, references)]
         return generate_answers(self.model, self.tok, prompts, caps) if prompts else []
 
-    def locality_generations(self, requests: list[dict[str, Any]]) -> list[str | None]:
+    def locality_generations(self, requests: list[EditRequest]) -> list[str | None]:
         """Per request, the current model's free answer to its locality probe (None where it has none)."""
         return _per_locality_probe(requests, self.free_answers)
 
-    def _score_generations(self, requests: list[dict[str, Any]], results: list[dict[str, Any]],
+    def _score_generations(self, requests: list[EditRequest], results: list[dict[str, Any]],
                            loc_text_before: list[str | None]) -> None:
         """Generation-based twins of Rel, Gen and Loc: does the free answer say the target (for a locality
         probe: the same as before the edits), once normalised."""
-        for question, key in (("prompt", "gen_rewrite"), ("rephrase_prompt", "gen_rephrase")):
-            rows = [i for i, r in enumerate(requests) if r.get(question)]
-            texts = self.free_answers([requests[i][question] for i in rows],
-                                      [requests[i]["target_new"] for i in rows])
-            for i, text, hit in zip(rows, texts, answers_match(texts, [requests[i]["target_new"] for i in rows])):
+        for question, key in (("prompt", "gen_rewrite"), ("rephrase", "gen_rephrase")):
+            rows = [i for i, r in enumerate(requests) if getattr(r, question)]
+            texts = self.free_answers([getattr(requests[i], question) for i in rows],
+                                      [requests[i].target for i in rows])
+            for i, text, hit in zip(rows, texts, answers_match(texts, [requests[i].target for i in rows])):
                 results[i][key] = hit
                 results[i][f"{key}_text"] = text
         rows = [i for i, text in enumerate(loc_text_before) if text is not None]
-        texts = self.free_answers([requests[i]["locality_prompt"] for i in rows],
-                                  [requests[i]["locality_ground_truth"] for i in rows])
+        texts = self.free_answers([requests[i].locality_question for i in rows],
+                                  [requests[i].locality_answer for i in rows])
         before = [loc_text_before[i] for i in rows]
         for i, text, same in zip(rows, texts, answers_match(texts, before)):
             results[i]["gen_locality"] = same
             results[i]["gen_locality_text"] = text
 
 
-def _per_locality_probe(requests: list[dict[str, Any]], measure: Callable[[list[str], list[str]], list[Any]]
+def _per_locality_probe(requests: list[EditRequest], measure: Callable[[list[str], list[str]], list[Any]]
                         ) -> list[Any]:
     """``measure(prompts, answers)`` over the requests' locality probes, in one call: one value per request,
     None where a request has no probe."""
-    has_loc = [bool(r.get("locality_prompt")) for r in requests]
+    has_loc = [r.has_locality_probe for r in requests]
     probed = [r for r, h in zip(requests, has_loc) if h]
-    found = iter(measure([r["locality_prompt"] for r in probed], [r["locality_ground_truth"] for r in probed]))
+    found = iter(measure([r.locality_question for r in probed], [r.locality_answer for r in probed]))
     return [next(found) if h else None for h in has_loc]
 
 
-def _log_entry(request: dict[str, Any]) -> dict[str, Any]:
-    return {"case_id": request.get("case_id"), "prompt": request["prompt"], "target_new": request["target_new"]}
+def _log_entry(request: EditRequest) -> dict[str, Any]:
+    return {"case_id": request.case_id, "prompt": request.prompt, "target_new": request.target}
 
 
 def _expand(losses: list[list[float]], batch_size: int, total: int) -> list[list[float]]:
@@ -396,8 +401,8 @@ def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
                   loc_prompts: str | Sequence[str] | None = None, subject: str | Sequence[str] | None = None,
                   negative_prompts: str | Sequence[str] | None = None,
                   portability_inputs: dict[str, dict[str, str | Sequence[str]]] | None = None
-                  ) -> list[dict[str, Any]]:
-    """EasyEdit's arguments as request dicts (the format the data loaders produce).
+                  ) -> list[EditRequest]:
+    """EasyEdit's arguments as requests (what the data loaders produce).
 
     As in EasyEdit, each argument is a list with one entry per edit or, for a single edit, a plain string.
     Prompts and targets must be non-empty strings; a bad one is named by its request and field.
@@ -408,28 +413,24 @@ def make_requests(prompts: str | Sequence[str], target_new: str | Sequence[str],
         raise RequestError("no prompts to edit (prompts is empty)")
     if len(target_new) != n:
         raise RequestError(f"{n} prompts but {len(target_new)} target_new")
-    columns: dict[str, list[Any] | None] = {"rephrase_prompt": _as_list(rephrase_prompts),
-                                            "loc_prompt": _as_list(loc_prompts), "subject": _as_list(subject),
-                                            "negative_prompt": _as_list(negative_prompts)}
+    # EditRequest field -> (EasyEdit argument, its values)
+    columns: dict[str, tuple[str, list[Any] | None]] = {
+        "rephrase": ("rephrase_prompts", _as_list(rephrase_prompts)),
+        "irrelevant_text": ("loc_prompts", _as_list(loc_prompts)), "subject": ("subject", _as_list(subject)),
+        "same_form_negative": ("negative_prompts", _as_list(negative_prompts))}
     for argument, groups, key in (("locality_inputs", locality_inputs, "locality"),
                                   ("portability_inputs", portability_inputs, "portability")):
         if groups:
             if len(groups) != 1:
                 raise RequestError(f"{argument}: one group is supported, got {sorted(groups)}")
             (group,) = groups.values()
-            columns[f"{key}_prompt"] = _as_list(group["prompt"])
-            columns[f"{key}_ground_truth"] = _as_list(group["ground_truth"])
-    for name, values in columns.items():
+            columns[f"{key}_question"] = (f"{argument} prompt", _as_list(group["prompt"]))
+            columns[f"{key}_answer"] = (f"{argument} ground_truth", _as_list(group["ground_truth"]))
+    for argument, values in columns.values():
         if values is not None and len(values) != n:
-            raise RequestError(f"{n} prompts but {len(values)} {name}")
-    requests = [{"case_id": i, "prompt": prompts[i], "target_new": target_new[i],
-                 **{k: v[i] for k, v in columns.items() if v is not None}} for i in range(n)]
-    for request in requests:
-        for key in ("prompt", "target_new"):
-            value = request[key]
-            if not isinstance(value, str) or not value.strip():
-                raise RequestError(f"request {request['case_id']}: {key} must be a non-empty string, got {value!r}")
-    return requests
+            raise RequestError(f"{n} prompts but {len(values)} {argument}")
+    return [EditRequest(case_id=i, prompt=prompts[i], target=target_new[i],
+                        **{k: v[i] for k, (_, v) in columns.items() if v is not None}) for i in range(n)]
 
 
 def _as_list(values: str | Sequence[Any] | None) -> list[Any] | None:

@@ -9,6 +9,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hparams import TrainedEditHyperParams
+from ..request import EditRequest
 from ..sites import EditSite, resolve_site
 from ..tokens import TokenBatch
 from ..training.batch import generate_prefixes
@@ -53,7 +54,7 @@ class EditMethod(ABC):
     def site(self) -> EditSite:
         return self.sites[0]
 
-    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
         """Called once with the whole request stream before the first edit (for calibrations); default: none.
 
         ``same_form``: unedited questions of the edits' form, a fixed set whatever the stream's length (for
@@ -61,7 +62,7 @@ class EditMethod(ABC):
         """
 
     @abstractmethod
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         """Apply one batch of edits; returns training statistics (e.g. the loss curve)."""
 
     @abstractmethod

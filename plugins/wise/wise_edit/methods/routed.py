@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..hparams import SharedMemoryHyperParams, TrainedEditHyperParams
+from ..request import EditRequest
 from ..routing import Memory, RoutedLinear
 from ..training.background import background_mean, background_texts
 from .base import EditMethod
@@ -35,7 +36,7 @@ class RoutedEditMethod(EditMethod):
     def build_memory(self, linear: nn.Linear) -> Memory:
         """The method's empty memory beside ``linear`` (the configured matrix, still unwrapped)."""
 
-    def background_key(self, requests: list[dict[str, Any]]) -> torch.Tensor:
+    def background_key(self, requests: list[EditRequest]) -> torch.Tensor:
         """(d_in,) the mean key at the edited matrix of the stream's background texts (``background_from``;
         without any, the model's own prefixes), cached on disk per model and text set."""
         hp: SharedMemoryHyperParams = self.hparams  # type: ignore[assignment]

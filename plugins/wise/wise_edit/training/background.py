@@ -16,6 +16,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..cache import cached_tensor
 from ..models import cache_dir
+from ..request import EditRequest
 from ..routing import query_mask
 from ..sites import EditSite, run_through
 from ..tokens import cap_length, encode_pair, pad_pairs
@@ -77,9 +78,10 @@ def token_keys(model: PreTrainedModel, tok: PreTrainedTokenizerBase, site: EditS
         model, tok, site, prompts, max_length, batch_size)]), weight.device).to(weight.device)
 
 
-def background_texts(requests: list[dict], count: int, model: PreTrainedModel, tok: PreTrainedTokenizerBase,
-                     prefix_length: int, source: str = "loc_prompt") -> list[str]:
-    """The first ``count`` distinct texts of the stream's ``source`` field (irrelevant ``loc_prompt`` texts, or
-    ``negative_prompt`` questions of the edits' own form), or, without any, the model's own prefixes."""
-    texts = list(dict.fromkeys(r[source] for r in requests if r.get(source)))[:count]
+def background_texts(requests: list[EditRequest], count: int, model: PreTrainedModel,
+                     tok: PreTrainedTokenizerBase, prefix_length: int, source: str = "loc_prompt") -> list[str]:
+    """The first ``count`` distinct texts of the stream's ``source`` (named as in EasyEdit and the hparams'
+    ``background_from``: irrelevant ``loc_prompt`` texts, or ``negative_prompt`` questions of the edits' own
+    form), or, without any, the model's own prefixes."""
+    texts = list(dict.fromkeys(r.text(source) for r in requests if r.text(source)))[:count]
     return texts or generate_prefixes(model, tok, 20, prefix_length)

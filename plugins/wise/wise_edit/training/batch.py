@@ -7,17 +7,17 @@ few seed words (greedy, so the same model always gets the same prefixes).
 from __future__ import annotations
 
 import logging
-from typing import Any
-
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..request import EditRequest
 from ..tokens import TokenBatch, cap_length, pad_pairs, training_pair
 
 log = logging.getLogger(__name__)
 
 #: the request fields that hold irrelevant training texts, and what each is
-IRRELEVANT = {"loc_prompt": "an irrelevant text", "negative_prompt": "an unedited question of the edits' form"}
+IRRELEVANT = {"irrelevant_text": "an irrelevant text (EasyEdit's loc_prompt)",
+              "same_form_negative": "an unedited question of the edits' form (negative_prompt)"}
 
 #: two-word openers: this small instruct model answers a lone word with hyphenated junk
 SEED_WORDS = ("The city", "Therefore, we", "Because of", "I think", "You can", "However, the", "In the",
@@ -41,32 +41,33 @@ def generate_prefixes(model: PreTrainedModel, tok: PreTrainedTokenizerBase, coun
     return [" ".join(t.replace("\n", " ").split()).strip() + ". " for t in texts]
 
 
-def edit_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
+def edit_batch(tok: PreTrainedTokenizerBase, requests: list[EditRequest], prefixes: list[str],
                include_loc: bool, max_length: int, negatives: bool = False, target_eos: bool = False
                ) -> tuple[TokenBatch, torch.Tensor]:
-    """Rows for the requests (each plain and behind every prefix) and, if asked, their ``loc_prompt`` rows
-    (and with ``negatives`` their ``negative_prompt`` rows: same-form questions, irrelevant too). With
+    """Rows for the requests (each plain and behind every prefix) and, if asked, their ``irrelevant_text`` rows
+    (and with ``negatives`` their ``same_form_negative`` rows: same-form questions, irrelevant too). With
     ``target_eos`` each target is followed by the end-of-sequence token.
 
     Returns the batch and a bool (B,) marking the irrelevant rows.
     """
     pairs, irrelevant = [], []
     for request in requests:
-        where = f"request {request.get('case_id', '?')}"
+        where = f"request {request.case_id}"
         for prefix in ["", *prefixes]:
-            pairs.append(cap_length(*training_pair(tok, prefix + request["prompt"], request["target_new"],
-                                                   target_eos), max_length, where))
+            pairs.append(cap_length(*training_pair(tok, prefix + request.prompt, request.target, target_eos),
+                                    max_length, where))
             irrelevant.append(False)
-    fields = (["loc_prompt"] if include_loc else []) + (["negative_prompt"] if negatives else [])
+    fields = (["irrelevant_text"] if include_loc else []) + (["same_form_negative"] if negatives else [])
     for field in fields:
         for request in requests:
-            if not request.get(field):
-                raise ValueError(f"request {request.get('case_id', '?')}: this method needs a {field!r} "
+            text = getattr(request, field)
+            if not text:
+                raise ValueError(f"request {request.case_id}: this method needs a {field!r} "
                                  f"({IRRELEVANT[field]}) for its training batch")
-            ids = tok(request[field], add_special_tokens=True)["input_ids"]
+            ids = tok(text, add_special_tokens=True)["input_ids"]
             if len(ids) > max_length:
                 log.warning("request %s: %s of %d tokens cut to its first %d (max_length)",
-                            request.get("case_id", "?"), field, len(ids), max_length)
+                            request.case_id, field, len(ids), max_length)
             pairs.append((ids[:max_length], []))
             irrelevant.append(True)
     return pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(irrelevant)

@@ -8,11 +8,11 @@ move (the KL term that keeps the subject's other facts).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..request import EditRequest
 from ..tokens import TokenBatch, cap_length, pad_pairs, training_pair
 
 
@@ -39,17 +39,17 @@ def _subject_end(tok: PreTrainedTokenizerBase, text: str, subject: str, where: s
     return len(tok(text[: at + len(subject)], add_special_tokens=True)["input_ids"])
 
 
-def subject_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], prefixes: list[str],
+def subject_batch(tok: PreTrainedTokenizerBase, requests: list[EditRequest], prefixes: list[str],
                   max_length: int, kl_template: str = "{} is a", target_eos: bool = False) -> SubjectBatch:
     pairs, positions, owner, is_kl = [], [], [], []
     for index, request in enumerate(requests):
-        where = f"request {request.get('case_id', index)}"
-        subject = request.get("subject")
+        where = f"request {request.case_id}"
+        subject = request.subject
         if not subject:
             raise ValueError(f"{where}: this method needs the field 'subject'")
         for prefix in ["", *prefixes]:
-            text = prefix + request["prompt"]
-            full_ids, target_ids = training_pair(tok, text, request["target_new"], target_eos)
+            text = prefix + request.prompt
+            full_ids, target_ids = training_pair(tok, text, request.target, target_eos)
             prompt_ids, target_ids = cap_length(full_ids, target_ids, max_length, where)
             end = _subject_end(tok, text, subject, where) - (len(full_ids) - len(prompt_ids))
             if end < 1:
@@ -59,11 +59,11 @@ def subject_batch(tok: PreTrainedTokenizerBase, requests: list[dict[str, Any]], 
             owner.append(index)
             is_kl.append(False)
     for index, request in enumerate(requests):
-        text = kl_template.format(request["subject"])
+        text = kl_template.format(request.subject)
         ids = tok(text, add_special_tokens=True)["input_ids"]
         # one placeholder label after the text, so the runner computes the logits of its last position
         pairs.append((ids, [tok.eos_token_id]))
-        positions.append(_subject_end(tok, text, request["subject"], f"request {request.get('case_id', index)}") - 1)
+        positions.append(_subject_end(tok, text, request.subject, f"request {request.case_id}") - 1)
         owner.append(index)
         is_kl.append(True)
     return SubjectBatch(pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(positions),

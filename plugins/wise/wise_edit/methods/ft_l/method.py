@@ -5,6 +5,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ...request import EditRequest
 from ...training.batch import edit_batch
 from ...training.loop import optimise
 from ..base import EditMethod
@@ -16,7 +17,7 @@ class FTL(EditMethod):
 
     hparams: FTLHyperParams
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
         weight = self.site.linear.weight
         batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length,

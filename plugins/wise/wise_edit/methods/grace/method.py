@@ -5,6 +5,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ...request import EditRequest
 from ...routing import query_mask
 from ...training.batch import edit_batch
 from ...training.loop import optimise
@@ -22,20 +23,20 @@ class GRACE(RoutedEditMethod):
     def build_memory(self, linear: nn.Linear) -> Codebook:
         return Codebook(linear)
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         losses: list[float] = []
         for request in requests:
             losses += self._edit(request)
         return {"losses": losses}
 
-    def _edit(self, request: dict[str, Any]) -> list[float]:
+    def _edit(self, request: EditRequest) -> list[float]:
         hp, book = self.hparams, self.memory
         batch, _ = edit_batch(self.tok, [request], self.prefixes, include_loc=False, max_length=hp.max_length,
                               target_eos=hp.target_eos)
         runner = self.runner(batch)
         prompt_tokens = query_mask(runner.batch.attention_mask, runner.batch.query_lengths)
         key = last_query_keys(runner.keys[:1], prompt_tokens[:1])[0]
-        answer = answer_id(request["target_new"])
+        answer = answer_id(request.target)
         radius = hp.eps
         if len(book):
             index, distance = (t.item() for t in book.nearest(key[None]))

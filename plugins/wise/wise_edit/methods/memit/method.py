@@ -4,6 +4,7 @@ from typing import Any
 
 import torch
 
+from ...request import EditRequest
 from ...sites import hidden_of, run_through
 from ...training.runner import SiteRunner
 from ...training.subject import SubjectBatch
@@ -49,7 +50,7 @@ class MEMIT(ROME):
         _, hidden = self._read(rows)
         return hidden[rows.plain_rows].norm(dim=-1).to(runner.keys.device)
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
         rows, _, deltas, losses = self.value_vectors(requests, len(self.sites) - 1)
         plain = rows.plain_rows

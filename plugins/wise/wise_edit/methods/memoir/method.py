@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...request import EditRequest
 from ...routing import query_mask
 from ...timing import phase
 from ...training.batch import edit_batch, plain_rows
@@ -30,14 +31,14 @@ class MEMOIR(RoutedEditMethod):
         return ResidualMemory(linear.weight.shape, linear.weight.device, hp.top_k, hp.irr_threshold, hp.seed,
                               hp.protect)
 
-    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
         """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes)."""
         if self._calibrated:
             return
         self.memory.hash.background = self.background_key(requests)
         self._calibrated = True
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
         self.prepare(requests)
         with phase("capture"):

@@ -5,6 +5,7 @@ from typing import Any, Sequence
 import torch
 
 from ...errors import check_shape
+from ...request import EditRequest
 from ...training.covariance import key_second_moment
 from ...training.runner import SiteRunner
 from ...training.subject import SubjectBatch, subject_batch
@@ -35,10 +36,10 @@ class ROME(EditMethod):
                                  for s in self.sites]
         return self._moments
 
-    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
         self.moments()
 
-    def value_vectors(self, requests: list[dict[str, Any]], site_index: int
+    def value_vectors(self, requests: list[EditRequest], site_index: int
                       ) -> tuple[SubjectBatch, SiteRunner, torch.Tensor, list[float]]:
         """Rows, runner at ``sites[site_index]``, the optimised vectors (R, d_out) and the loss curve."""
         hp = self.hparams
@@ -56,7 +57,7 @@ class ROME(EditMethod):
         """(R,) size the value vectors are measured against: the edited matrix's output at the subject (ROME)."""
         return subject_outputs(runner, rows)[rows.plain_rows.to(runner.keys.device)].norm(dim=-1)
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         losses: list[float] = []
         for request in requests:  # ROME is a one-fact editor: a batch is applied fact by fact
             rows, runner, deltas, curve = self.value_vectors([request], 0)

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...request import EditRequest
 from ...routing import query_mask
 from ...timing import phase
 from ...training.background import background_texts, token_keys
@@ -45,7 +46,7 @@ class WISE(RoutedEditMethod):
         side.open()
         return side
 
-    def prepare(self, requests: list[dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
         """With ``center_keys``: the background key of the stream's irrelevant prompts (as MEMOIR's TopHash).
         With ``match_radius``: the match gate's pool, the first ``match_texts`` of ``same_form`` (or, without
         them, of the stream's ``negative_prompt`` questions)."""
@@ -64,7 +65,7 @@ class WISE(RoutedEditMethod):
         weight = self.layer.base.weight
         return shard_mask(weight.shape, hp.mask_ratio, hp.seed, self.edits // hp.save_freq, weight.device)
 
-    def apply(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
         self.prepare(requests)
         alpha, beta, gamma = hp.act_margin
