@@ -6,6 +6,7 @@ A new method joins by adding a tiny configuration to ``CASES``; the first test f
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,21 +39,13 @@ CASES = {
 PROBES = [REQUESTS[0]["prompt"], REQUESTS[1]["rephrase_prompt"], "nq question: capital of Peru",
           REQUESTS[3]["prompt"], "An unrelated sentence about the weather"]
 
-# logits of the saved edits in a fresh process
+# the same probe, on the saved edits, in a fresh process
 PROBE_SCRIPT = """
 import sys, torch
+sys.path.insert(0, {tests!r})
+from test_contract import probe
 from wise_edit import load_edits
-from wise_edit.tokens import encode_batch
-editor = load_edits(sys.argv[1])
-batch = encode_batch(editor.tok, {probes!r}, [None] * {n}, side="left")
-with torch.no_grad():
-    logits = editor.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    greedy = editor.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                   max_new_tokens=4, do_sample=False, pad_token_id=editor.tok.pad_token_id)
-    torch.manual_seed(7)
-    sampled = editor.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                    max_new_tokens=4, do_sample=True, pad_token_id=editor.tok.pad_token_id)
-torch.save({{"logits": logits, "greedy": greedy, "sampled": sampled}}, sys.argv[2])
+torch.save(probe(load_edits(sys.argv[1])), sys.argv[2])
 """
 
 
@@ -134,7 +127,7 @@ def test_saved_edits_give_identical_logits_and_generations_in_a_new_process(name
     here = probe(editor)
     assert not torch.equal(here["logits"], probe(LifelongEditor(hparams(name, setup)))["logits"])
     editor.save(tmp_path / "edits")
-    script = PROBE_SCRIPT.format(probes=PROBES, n=len(PROBES))
+    script = PROBE_SCRIPT.format(tests=str(Path(__file__).parent))
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "edits"), str(tmp_path / "out.pt")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
