@@ -56,6 +56,17 @@ def test_alg_name_mismatch_and_unknown(tmp_path):
         HyperParams.from_hparams(write(tmp_path, GOOD.replace("FT-L", "NOPE")))
 
 
+def test_load_hparams_picks_each_registered_class_by_its_alg_name(tmp_path):
+    from wise_edit import get_method, load_hparams, registered_methods
+
+    for alg in ("FT-L", "WISE"):
+        loaded = load_hparams(write(tmp_path, GOOD.replace("FT-L", alg)))
+        assert type(loaded) is get_method(alg).hparams_cls and loaded.alg_name == alg
+    with pytest.raises(KeyError, match=r"unknown alg_name 'NOPE'; registered: \[.*'MEMOIR'"):
+        load_hparams(write(tmp_path, GOOD.replace("FT-L", "NOPE")))
+    assert set(registered_methods()) >= {"FT-L", "GRACE", "MEMIT", "MEMOIR", "ROME", "WISE"}
+
+
 def test_cross_field_validation(tmp_path):
     text = GOOD.replace("FT-L", "WISE").replace("edit_lr: 0.5\n", "save_freq: 3\nmerge_freq: 4\n")
     with pytest.raises(HyperParamsError, match="'merge_freq' \\(4\\) must be a multiple of 'save_freq' \\(3\\)"):

@@ -15,7 +15,6 @@ from typing import Any, ClassVar, TypeVar, Union
 
 import yaml
 
-from .registry import get_method
 
 T = TypeVar("T", bound="HyperParams")
 
@@ -73,7 +72,7 @@ class HyperParams:
         if cls is HyperParams:
             if "alg_name" not in data:
                 raise HyperParamsError(f"{source}: missing required key 'alg_name'")
-            target = get_method(str(data["alg_name"])).hparams_cls
+            target = _registered_class(str(data["alg_name"]))
         if target.ALG_NAME and data.get("alg_name") not in (None, target.ALG_NAME):
             raise HyperParamsError(
                 f"{source}: alg_name is {data.get('alg_name')!r} but {target.__name__} expects {target.ALG_NAME!r}"
@@ -134,6 +133,21 @@ class HyperParams:
     def replace(self: T, **overrides: Any) -> T:
         """A copy with ``overrides`` applied, checked like a file."""
         return type(self).from_dict({**self.to_dict(), **overrides}, source="hparams overrides")
+
+
+def _registered_class(alg_name: str) -> type[HyperParams]:
+    """The hyperparameter class registered as ``alg_name``: registration (:func:`wise_edit.registry.
+    register_method`) labels the class itself with the name, so the class tree answers and this module needs
+    nothing from the registry."""
+    labelled, stack = {}, list(HyperParams.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack += cls.__subclasses__()
+        if "ALG_NAME" in vars(cls) and cls.ALG_NAME:
+            labelled[cls.ALG_NAME] = cls
+    if alg_name not in labelled:
+        raise KeyError(f"unknown alg_name {alg_name!r}; registered: {sorted(labelled)}")
+    return labelled[alg_name]
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:

@@ -6,24 +6,26 @@ Nothing else in the package knows a method's name: the editor, CLI and bridges l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .hparams import HyperParams
+
 if TYPE_CHECKING:
-    from .hparams import HyperParams
     from .methods.base import EditMethod
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     alg_name: str
-    hparams_cls: type["HyperParams"]
+    hparams_cls: type[HyperParams]
     method_cls: type["EditMethod"]
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(alg_name: str, hparams_cls: type["HyperParams"], method_cls: type["EditMethod"]) -> None:
+def register_method(alg_name: str, hparams_cls: type[HyperParams], method_cls: type["EditMethod"]) -> None:
     """Make ``alg_name`` available to the editor, the CLI and the EasyEdit bridge."""
     existing = _METHODS.get(alg_name)
     if existing is not None and (existing.hparams_cls, existing.method_cls) != (hparams_cls, method_cls):
@@ -42,3 +44,8 @@ def get_method(alg_name: str) -> MethodSpec:
 
 def registered_methods() -> list[str]:
     return sorted(_METHODS)
+
+
+def load_hparams(path: str | Path) -> HyperParams:
+    """The hyperparameter file ``path`` as the class its ``alg_name`` registered (``.yaml`` optional)."""
+    return HyperParams.from_hparams(path)
