@@ -97,3 +97,26 @@ REQUESTS = [
 @pytest.fixture
 def requests_() -> list[dict]:
     return [dict(r) for r in REQUESTS]
+
+
+# the contract suite's table (tests/test_contract.py): one tiny configuration per case, covering every registered
+# method; the model and, for ROME/MEMIT, the corpus are filled in by the suite
+CASE_SITE = "model.layers[2].mlp.down_proj.weight"
+COMMON = {"model_name": None, "inner_params": [CASE_SITE], "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0}
+CORPUS = "\n".join(f"Line {i}: the quick brown fox {i % 7} jumps over {i % 5} lazy dogs near river {i % 3}."
+                   for i in range(60))
+CASES = {
+    "WISE-Merge": {"alg_name": "WISE", "edit_lr": 0.1, "optimizer": "adam", "n_iter": 10,
+                   "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "save_freq": 2, "merge_freq": 4,
+                   "protect": 1.0},
+    "WISE-Retrieve": {"alg_name": "WISE", "edit_lr": 0.1, "optimizer": "adam", "n_iter": 10,
+                      "act_margin": [0.5, 3.0, 2.0], "act_ratio": 0.8, "save_freq": 1, "merge_freq": 2,
+                      "retrieve": True, "merge_alg": "sum"},  # ties leaves a closed shard unserved until its merge
+    "MEMOIR": {"alg_name": "MEMOIR", "edit_lr": 5.0, "n_iter": 10, "top_k": 32, "irr_threshold": 0.6,
+               "protect": 1.0},
+    "GRACE": {"alg_name": "GRACE", "eps": 0.5, "edit_lr": 0.5, "n_iter": 10, "n_prefixes": 0},
+    "FT-L": {"alg_name": "FT-L", "edit_lr": 0.05, "n_iter": 10},
+    "ROME": {"alg_name": "ROME", "edit_lr": 0.5, "n_iter": 10, "mom2_n_tokens": 2000, "mom2_seq_length": 64},
+    "MEMIT": {"alg_name": "MEMIT", "edit_lr": 0.5, "n_iter": 10, "mom2_n_tokens": 2000, "mom2_seq_length": 64,
+              "inner_params": ["model.layers[1].mlp.down_proj.weight", CASE_SITE], "mom2_update_weight": 1e-4},
+}

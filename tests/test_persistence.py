@@ -13,8 +13,7 @@ import torch
 from wise_edit import EditStateError, HyperParams, LifelongEditor, load_edits, save_edits
 from wise_edit.errors import NonFiniteError
 
-from conftest import DATA, REQUESTS, ROOT, byte_tokenizer, tiny_llama
-from test_contract import CASES, COMMON
+from conftest import CASES, COMMON, DATA, REQUESTS, ROOT, byte_tokenizer, tiny_llama
 
 METHODS = {name: CASES[name] for name in ("WISE-Merge", "WISE-Retrieve", "MEMOIR", "GRACE")}
 
