@@ -65,6 +65,25 @@ def _same_form(name: str, path: str, records, data_path: Path, requests: list[di
     return found
 
 
+def run_inputs(cfg: DictConfig) -> tuple:
+    """What a run configuration edits and probes: (the dataset, its requests given their same-form negatives;
+    the negatives; the neighbourhood probes), each ``None`` where the configuration has none."""
+    from wise_edit.data import add_negatives, load_dataset
+
+    data_path = _project_path(cfg.data_path or cfg.data.path)
+    loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
+    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0))
+    negatives = probes = None
+    if cfg.data.get("negatives_path"):
+        negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,
+                               dataset.requests, "negative")
+        add_negatives(dataset.requests, negatives)
+    if cfg.nloc and cfg.sequential_edit and cfg.data.get("nloc_path"):
+        probes = _same_form(cfg.data.name, cfg.data.nloc_path, cfg.data.nloc_records, data_path, dataset.requests,
+                            "neighbourhood probe")
+    return dataset, negatives, probes
+
+
 def run(cfg: DictConfig) -> dict:
     check_settings(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(
@@ -77,7 +96,6 @@ def run(cfg: DictConfig) -> dict:
 
 def _run(cfg: DictConfig, output_dir: Path) -> dict:
     from wise_edit import HyperParams, LifelongEditor
-    from wise_edit.data import add_negatives, load_dataset
     from wise_edit.models import resolve_model_path
     from wise_edit.results import code_version, markdown_table, write_json_or_fallback
 
@@ -88,19 +106,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
     overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
     if overrides:
         hparams = hparams.replace(**overrides)
-    data_path = _project_path(cfg.data_path or cfg.data.path)
-    loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
-    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0))
-    sources, negatives = {}, None
-    if cfg.data.get("negatives_path"):
-        negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,
-                               dataset.requests, "negative")
-        add_negatives(dataset.requests, negatives)
-        sources["negatives"] = negatives.description
-    probes = None
-    if cfg.nloc and cfg.sequential_edit and cfg.data.get("nloc_path"):
-        probes = _same_form(cfg.data.name, cfg.data.nloc_path, cfg.data.nloc_records, data_path, dataset.requests,
-                            "neighbourhood probe")
+    dataset, negatives, probes = run_inputs(cfg)
+    sources = {"negatives": negatives.description} if negatives else {}
     editor = LifelongEditor.from_hparams(hparams)
     checkpoint = output_dir / "checkpoint" if cfg.checkpoint_every and cfg.sequential_edit else None
     run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,

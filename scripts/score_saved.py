@@ -6,7 +6,10 @@
 A run with ``checkpoint_every`` keeps its latest checkpoint in ``<run>/checkpoint`` (and its final state in
 ``<run>/edits``). The state holds the first k edits of the run's stream; this scores those k requests on it,
 exactly as a run with ``ds_size=k`` scores its final model (Rel, Gen, Loc against the unedited model, nloc on
-the run's probes, and the per-block retention), and writes ``<run>/score_<state>_T<k>.json``.
+the run's probes, and the per-block retention), and writes ``<run>/score_<state>_T<k>.json``. A run that has
+not finished (no ``results.json`` yet: still running, or stopped) is read from the configuration the CLI
+saved when it started (``<run>/.hydra/config.yaml``); its data files are then not checked against recorded
+hashes, and the output says so.
 """
 
 from __future__ import annotations
@@ -32,28 +35,44 @@ def main() -> None:
     args = parser.parse_args()
     run = Path(args.run)
     start = time.perf_counter()
-    payload = json.loads((run / "results.json").read_text())
     state = run / args.state
     meta = read_record(state)
     k = len(meta["edit_log"])
-    found = run_data(payload, ds_size=k)
-    requests = found.dataset.requests
+    if (run / "results.json").exists():
+        payload = json.loads((run / "results.json").read_text())
+        chat = payload["config"]["run"].get("use_chat_template", False)
+        found = run_data(payload, ds_size=k)
+        dataset, probes, verified = found.dataset, found.probes, True
+    elif (run / ".hydra" / "config.yaml").exists():
+        from omegaconf import OmegaConf
+        from run_lifelong_editing import run_inputs
+
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        cfg.ds_size = k
+        chat = cfg.get("use_chat_template", False)
+        dataset, _, probes = run_inputs(cfg)
+        verified = False
+    else:
+        raise SystemExit(f"error: {run} has neither results.json nor .hydra/config.yaml: not a CLI run's output_dir")
+    if chat:
+        raise SystemExit(f"error: {run} ran with use_chat_template; scoring a saved state in the chat template is "
+                         "not supported yet")
+    requests = dataset.requests
     if [(r.prompt, r.target) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
-        raise SystemExit(f"error: {state} holds other edits than the first {k} requests of {run}/results.json")
+        raise SystemExit(f"error: {state} holds other edits than the first {k} requests of the run {run}")
     editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
     loc_before = editor.locality_before(requests)
-    probes = found.probes
     nloc_before = editor.answer_tokens(probes.prompts, probes.answers) if probes else None
     editor.load_state(state)
-    fmt = found.dataset.format
+    fmt = dataset.format
     results = editor.score(requests, loc_before, fmt.rel_metric)
     summary = summarize(results, fmt.rephrase_name)
     if probes:
         summary["nloc"] = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))
     out = run / f"score_{args.state}_T{k}.json"
     write_json(out, {"summary": summary, "blocks": by_block(results, fmt.rephrase_name), "requests": results,
-                     "state": str(state), "edits": k, "alg_name": meta["alg_name"], "code_version": code_version(),
-                     "seconds": time.perf_counter() - start})
+                     "state": str(state), "edits": k, "data_hashes_checked": verified, "alg_name": meta["alg_name"],
+                     "code_version": code_version(), "seconds": time.perf_counter() - start})
     print(markdown_table([{"method": meta["alg_name"], "T": k, **summary}]))
     print(f"written {out}")
 

@@ -73,6 +73,18 @@ def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path):
     for name in ("rel", "gen", "loc", "nloc"):
         assert scored["summary"][name] == pytest.approx(run["summary"][name]), name
     assert scored["blocks"] == run["blocks"]
+    # a run that has not finished has no results.json: the configuration the CLI saved at its start serves
+    from omegaconf import OmegaConf
+
+    (out / "results.json").unlink()
+    (out / "score_edits_T3.json").unlink()
+    (out / ".hydra").mkdir()
+    OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
+    again = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_saved.py"), str(out), "--state",
+                            "checkpoint"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    unfinished = json.loads((out / "score_checkpoint_T3.json").read_text())
+    assert unfinished["summary"] == scored["summary"] and unfinished["data_hashes_checked"] is False
 
 
 def test_hparams_overrides_become_add_or_set():
