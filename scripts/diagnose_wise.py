@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Why a WISE run's old edits fail: not routed to the side memory, or routed but no longer held by it.
+
+    python scripts/diagnose_wise.py outputs/WISE-T1000 --state checkpoint --blocks 0:100 450:500
+
+For each block of the saved state's edits (by position in the stream): the share of edit prompts the router
+sends to a side memory, Rel as served, Rel with the router replaced by one that always picks the newest
+memory, and Rel with the match gate off. Routed but still wrong means the memory lost the edit; not routed
+with Rel recovered by forcing means the router lost it. Prints a table and writes
+``<run>/diagnose_<state>_T<k>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from run_lifelong_editing import run_inputs
+from wise_edit import LifelongEditor
+from wise_edit.metrics import score_answers
+from wise_edit.results import code_version, write_json
+from wise_edit.routing import MAIN
+
+
+def rel(editor: LifelongEditor, prompts: list[str], targets: list[str]) -> float:
+    return statistics.fmean(score_answers(editor.model, editor.tok, prompts, targets).accuracy)
+
+
+def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str]) -> dict[str, float]:
+    side, layer = editor.method.memory, editor.method.layer
+    routed = []
+    with torch.no_grad():
+        for prompt in prompts:
+            editor.model(**editor.tok(prompt, return_tensors="pt").to(editor.model.device))
+            routed.append(float(int(layer.last_route[0]) != MAIN))
+    served = rel(editor, prompts, targets)
+    newest = len(side.memories) - 1
+    route = side.route
+    side.route = lambda keys, mask: torch.full(keys.shape[:1], newest, dtype=torch.long, device=keys.device)
+    try:
+        forced = rel(editor, prompts, targets)
+    finally:
+        side.route = route
+    radius, side.match_radius = side.match_radius, None
+    try:
+        no_gate = rel(editor, prompts, targets)
+    finally:
+        side.match_radius = radius
+    return {"routed": statistics.fmean(routed), "rel": served, "rel_memory_forced": forced, "rel_no_gate": no_gate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="output_dir of a sequential CLI run of WISE")
+    parser.add_argument("--state", choices=["checkpoint", "edits"], default="edits")
+    parser.add_argument("--blocks", nargs="+", default=["0:100"], help="edit positions start:stop")
+    args = parser.parse_args()
+    run = Path(args.run)
+    editor = LifelongEditor.from_saved(run / args.state)
+    if editor.hparams.alg_name != "WISE":
+        raise SystemExit(f"error: {run / args.state} holds {editor.hparams.alg_name} edits; this diagnoses WISE")
+    k = len(editor.edit_log)
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    cfg.ds_size = k
+    requests = run_inputs(cfg)[0].requests
+    rows = []
+    for block in args.blocks:
+        start, stop = (int(x) for x in block.split(":"))
+        if not 0 <= start < stop <= k:
+            raise SystemExit(f"error: block {block} is outside the {k} edits of {run / args.state}")
+        part = requests[start:stop]
+        rows.append({"block": block, **diagnose(editor, [r.prompt for r in part], [r.target for r in part])})
+    columns = ("block", "routed", "rel", "rel_memory_forced", "rel_no_gate")
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row[c] if c == "block" else f"{row[c]:.3f}" for c in columns) + " |")
+    out = run / f"diagnose_{args.state}_T{k}.json"
+    write_json(out, {"rows": rows, "edits": k, "state": str(run / args.state), "code_version": code_version()})
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
