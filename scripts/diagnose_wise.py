@@ -18,9 +18,7 @@ import statistics
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
-
-from run_lifelong_editing import run_inputs
+from run_lifelong_editing import saved_run_inputs
 from wise_edit import LifelongEditor
 from wise_edit.metrics import score_answers
 from wise_edit.results import code_version, write_json
@@ -65,9 +63,7 @@ def main() -> None:
     if editor.hparams.alg_name != "WISE":
         raise SystemExit(f"error: {run / args.state} holds {editor.hparams.alg_name} edits; this diagnoses WISE")
     k = len(editor.edit_log)
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    cfg.ds_size = k
-    requests = run_inputs(cfg)[0].requests
+    requests = saved_run_inputs(run, k)[1][0].requests
     rows = []
     for block in args.blocks:
         start, stop = (int(x) for x in block.split(":"))

@@ -84,6 +84,14 @@ def run_inputs(cfg: DictConfig) -> tuple:
     return dataset, negatives, probes
 
 
+def saved_run_inputs(run_dir: Path, ds_size: int) -> tuple[DictConfig, tuple]:
+    """The configuration the CLI saved when the run in ``run_dir`` started (``.hydra/config.yaml``), set to its
+    first ``ds_size`` records, and its :func:`run_inputs`: for reading a run that has not finished."""
+    cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
+    cfg.ds_size = ds_size
+    return cfg, run_inputs(cfg)
+
+
 def run(cfg: DictConfig) -> dict:
     check_settings(cfg)
     output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else _project_path(

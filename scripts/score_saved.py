@@ -44,13 +44,10 @@ def main() -> None:
         found = run_data(payload, ds_size=k)
         dataset, probes, verified = found.dataset, found.probes, True
     elif (run / ".hydra" / "config.yaml").exists():
-        from omegaconf import OmegaConf
-        from run_lifelong_editing import run_inputs
+        from run_lifelong_editing import saved_run_inputs
 
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-        cfg.ds_size = k
+        cfg, (dataset, _, probes) = saved_run_inputs(run, k)
         chat = cfg.get("use_chat_template", False)
-        dataset, _, probes = run_inputs(cfg)
         verified = False
     else:
         raise SystemExit(f"error: {run} has neither results.json nor .hydra/config.yaml: not a CLI run's output_dir")
