@@ -1,14 +1,19 @@
 #!/usr/bin/env python
-"""WISE's match gate over its radius, on the edits a CLI run saved: the trade-off of Gen against nloc.
+"""A routing gate over its radius, on the edits a CLI run saved: the trade-off of Gen against nloc.
 
     python scripts/sweep_match_radius.py outputs/WISE-zsre-T100-... --radii 0.6 0.65 0.7 0.75 0.8
+    python scripts/sweep_match_radius.py outputs/MEMOIR-zsre-T100-... --gate subject --radii 0.4 0.5 0.6
+
+``--gate match`` (WISE's match gate, ``match_radius``) or ``--gate subject`` (the subject gate of WISE and
+MEMOIR, ``subject_radius``; the run must have been made with ``subject_params``).
 
 Reads the run's ``results.json`` (its data, stream length, negatives and probe records) and its saved edits
 (``<run>/edits``), gives the side memory the match pool of the run's same-form questions (``match_texts`` of
 them, as an edit run with ``match_radius`` would) and scores the final model at each radius: Rel, Gen, Loc,
 nloc, and the share of edit prompts, rephrasings and neighbourhood probes the side memory answers. The
-radius changes no trained weight, so one saved stream gives the whole curve. ``none`` is the paper's router
-alone. Prints a table, writes ``<run>/match_radius_sweep.json`` and ``.png`` (Gen and Rel against nloc).
+radius changes no trained weight, so one saved stream gives the whole curve. ``none`` is the gate off (for
+the match gate, the paper's router alone). Prints a table, writes ``<run>/<gate>_radius_sweep.json`` and
+``.png`` (Gen and Rel against nloc).
 
 Choose the radius on a dev stream's run (ZsRE train records 0-499 as edits), then use it on the reported stream.
 """
@@ -29,6 +34,7 @@ from wise_edit.results import code_version, write_json
 from wise_edit.routing import MAIN
 
 NOTHING = 2.0  # a radius no match reaches (matches are <= 1): nothing is routed, the base model answers
+ANYTHING = -2.0  # a radius every match reaches: the subject gate passes every decision on
 
 
 def routed_share(editor, prompts: list[str]) -> float:
@@ -46,8 +52,11 @@ def routed_share(editor, prompts: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="output_dir of a sequential WISE run of the CLI (with save_edits)")
+    parser.add_argument("run", help="output_dir of a sequential WISE or MEMOIR run of the CLI (with save_edits)")
     parser.add_argument("--radii", nargs="+", default=["none", "0.6", "0.65", "0.7", "0.75", "0.8", "0.85"])
+    parser.add_argument("--gate", choices=["match", "subject"], default="match")
+    parser.add_argument("--match-radius", default=None,
+                        help="with --gate subject on a WISE run: the match gate's radius meanwhile (none = off)")
     args = parser.parse_args()
     run = Path(args.run)
     payload = json.loads((run / "results.json").read_text())
@@ -58,18 +67,30 @@ def main() -> None:
     found = run_data(payload)
     dataset, negatives, probes = found.dataset, found.negatives, found.probes
     side = editor.method.memory
-    if side.pool is None:  # a run without the gate saved no pool: collect it, then re-weigh the held edits
+    if args.gate == "subject" and editor.method.gate is None:
+        parser.error(f"{run} was edited without subject_params: it has no subject gate to sweep")
+
+    def set_radius(radius: float | None) -> None:
+        if args.gate == "subject":
+            editor.method.gate.radius = ANYTHING if radius is None else radius
+        else:
+            side.match_radius = radius
+
+    if args.gate == "match" and side.pool is None:
+        # a run without the match gate saved no pool: collect it, then re-weigh the held edits
         editor.method.hparams = hp.replace(match_radius=1.0)
         editor.method.prepare(dataset.requests, negatives.prompts)
         editor.method.load_state_dict(editor.method.state_dict())
     requests = dataset.requests
     with_loc = [r for r in requests if r.has_locality_probe]
-    side.match_radius = NOTHING
+    set_radius(NOTHING)
+    if args.match_radius is not None:
+        side.match_radius = None if args.match_radius == "none" else float(args.match_radius)
     loc_before = editor.locality_before(requests)
     nloc_before = editor.answer_tokens(probes.prompts, probes.answers)
     rows = []
     for value in args.radii:
-        side.match_radius = None if value == "none" else float(value)
+        set_radius(None if value == "none" else float(value))
         results = editor.score(requests, loc_before)
         nloc = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))
         row = {"radius": value,
@@ -82,11 +103,12 @@ def main() -> None:
                "routed_neighbours": routed_share(editor, probes.prompts)}
         rows.append(row)
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
-    out = run / "match_radius_sweep.json"
-    write_json(out, {"run": str(run), "rows": rows, "hparams": hp.to_dict(), "match_texts": hp.match_texts,
+    suffix = "" if args.match_radius is None else f"_match{args.match_radius}"
+    out = run / f"{args.gate}_radius_sweep{suffix}.json"
+    write_json(out, {"run": str(run), "gate": args.gate, "match_radius": getattr(side, "match_radius", None), "rows": rows, "hparams": hp.to_dict(),
                      "code_version": code_version()})
-    plot(rows, run / "match_radius_sweep.png",
-         f"{payload['alg_name']} T={cfg['ds_size']}, {Path(data['path']).name}: Gen and Rel against nloc by radius")
+    plot(rows, out.with_suffix(".png"), f"{payload['alg_name']} T={cfg['ds_size']}, {Path(data['path']).name}: "
+         f"Gen and Rel against nloc by {args.gate} radius")
     print(f"written {out}")
 
 

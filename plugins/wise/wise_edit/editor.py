@@ -165,6 +165,7 @@ class LifelongEditor:
             same_form = chat_prompts(self.tok, same_form)
             if neighbourhood is not None:
                 neighbourhood = (chat_prompts(self.tok, neighbourhood[0]), list(neighbourhood[1]))
+        self.method.check_requests(requests)
         if neighbourhood is not None and not sequential_edit:
             raise ValueError("neighbourhood locality is measured on the final model of a sequential stream; "
                              "sequential_edit is False")

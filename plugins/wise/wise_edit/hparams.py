@@ -225,10 +225,18 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
     #: ``negative_prompt`` (unedited questions of the edits' form: what every such question shares is then
     #: subtracted, and what is left is what it asks about)
     background_from: str = "loc_prompt"
+    #: an early matrix (an ``inner_params``-style path) whose input keys, at the tokens of each edit's subject,
+    #: decide whether a query names that subject (:mod:`wise_edit.subject_gate`); None: no subject gate
+    subject_params: Union[str, None] = None
+    #: least recall of an edit's subject tokens for the memory to answer a query with that edit
+    subject_radius: float = 0.5
 
     def validate(self, source: str) -> None:
         super().validate(source)
         self._at_least(source, protect=0, n_background=1)
+        if not -1 <= self.subject_radius <= 1:
+            raise HyperParamsError(f"{source}: key 'subject_radius' is a cosine, in [-1, 1]; "
+                                   f"got {self.subject_radius}")
         if self.background_from not in ("loc_prompt", "negative_prompt"):
             raise HyperParamsError(f"{source}: key 'background_from' must be 'loc_prompt' or 'negative_prompt', "
                                    f"got {self.background_from!r}")

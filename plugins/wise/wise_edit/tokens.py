@@ -60,6 +60,21 @@ def encode_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str | None) -
     return ids[:split], [i for i, sp in zip(ids[split:], special[split:]) if not sp]
 
 
+def subject_span(tok: PreTrainedTokenizerBase, text: str, subject: str, where: str) -> tuple[int, int]:
+    """Token positions ``[start, end)`` of the last occurrence of ``subject`` in ``tok(text)`` (special tokens
+    counted): the tokens that cover any of its characters."""
+    at = text.rfind(subject)
+    if at < 0:
+        raise TokenizationError(f"{where}: subject {subject!r} does not occur in {text!r}")
+    if not tok.is_fast:  # no offsets: count the tokens of the text up to the subject's start and end
+        before = len(tok(text[:at], add_special_tokens=True)["input_ids"])
+        return before, len(tok(text[:at + len(subject)], add_special_tokens=True)["input_ids"])
+    enc = tok(text, add_special_tokens=True, return_offsets_mapping=True, return_special_tokens_mask=True)
+    inside = [i for i, ((a, b), sp) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"]))
+              if not sp and a < at + len(subject) and b > at]
+    return inside[0], inside[-1] + 1
+
+
 def training_pair(tok: PreTrainedTokenizerBase, prompt: str, target: str, target_eos: bool = False
                   ) -> tuple[list[int], list[int]]:
     """:func:`encode_pair`, with the tokenizer's end-of-sequence token after the target when ``target_eos``

@@ -54,6 +54,9 @@ class EditMethod(ABC):
     def site(self) -> EditSite:
         return self.sites[0]
 
+    def check_requests(self, requests: list[EditRequest]) -> None:
+        """Refuse a stream this method cannot edit before anything runs (raises); default: every stream."""
+
     def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
         """Called once with the whole request stream before the first edit (for calibrations); default: none.
 

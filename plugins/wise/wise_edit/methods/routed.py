@@ -17,6 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..hparams import SharedMemoryHyperParams, TrainedEditHyperParams
 from ..request import EditRequest
 from ..routing import Memory, RoutedLinear
+from ..subject_gate import SubjectGate
 from ..training.background import background_mean, background_texts
 from .base import EditMethod
 
@@ -28,7 +29,10 @@ class RoutedEditMethod(EditMethod):
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, hparams: TrainedEditHyperParams):
         super().__init__(model, tok, hparams)
         self.memory = self.build_memory(self.site.linear)
-        self.layer = RoutedLinear(self.site.linear, self.memory)
+        subject_params = getattr(hparams, "subject_params", None)
+        self.gate = None if subject_params is None else SubjectGate(model, tok, subject_params,
+                                                                    hparams.subject_radius, self.memory)
+        self.layer = RoutedLinear(self.site.linear, self.gate or self.memory)
         self.site.replace(self.layer)
         self.layer.watch(model.get_decoder())
 
@@ -44,8 +48,27 @@ class RoutedEditMethod(EditMethod):
                                  hp.background_from)
         return background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts, hp.max_length)
 
+    def check_requests(self, requests: list[EditRequest]) -> None:
+        if self.gate is not None:
+            for request in requests:
+                self.gate.check(request)
+
+    def subject_keys(self, requests: list[EditRequest]) -> list[torch.Tensor]:
+        """The subject gate's keys of each request (none without a gate), read before training: a request the
+        gate cannot file fails before its edit is made."""
+        return [] if self.gate is None else [self.gate.subject_keys(request) for request in requests]
+
+    def hold_subjects(self, subjects: list[torch.Tensor], groups: list[int]) -> None:
+        """File each edit's subject keys under the route value that now serves it."""
+        if self.gate is not None:
+            for keys, group in zip(subjects, groups):
+                self.gate.hold(keys, group)
+
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.memory.state_dict()
+        gate = self.gate.state_dict() if self.gate is not None else {}
+        return {**self.memory.state_dict(), **gate}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.memory.load_state_dict(state)
+        if self.gate is not None:
+            self.gate.load_state_dict(state)

@@ -40,6 +40,7 @@ class MEMOIR(RoutedEditMethod):
 
     def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
+        subjects = self.subject_keys(requests)  # before any state changes: a request it refuses changes nothing
         self.prepare(requests)
         with phase("capture"):
             batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length,
@@ -71,6 +72,7 @@ class MEMOIR(RoutedEditMethod):
         with phase("hold"), torch.no_grad():
             self.memory.weight[:, columns] = sub.detach()
             self.memory.db.add(masks)
+            self.hold_subjects(subjects, list(range(len(self.memory.db) - n, len(self.memory.db))))
             tokens = runner.batch.attention_mask.bool()
             for r in range(n):
                 rows = slice(r * rows_per_request, (r + 1) * rows_per_request)

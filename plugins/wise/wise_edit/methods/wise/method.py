@@ -67,6 +67,7 @@ class WISE(RoutedEditMethod):
 
     def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
+        subjects = self.subject_keys(requests)  # before any state changes: a request it refuses changes nothing
         self.prepare(requests)
         alpha, beta, gamma = hp.act_margin
         with phase("capture"):
@@ -122,6 +123,7 @@ class WISE(RoutedEditMethod):
                 side.hold(runner.keys[row, :length].detach().clone())
                 rows = slice(row, row + 1 + len(self.prefixes))
                 self.protection.add(side.read(runner.keys[rows][runner.batch.attention_mask[rows].bool()]))
+            self.hold_subjects(subjects, [len(side.memories) - 1] * len(requests))
         with phase("calibrate"):
             before, self.edits = self.edits, self.edits + len(requests)
             self._close_shards(before)
@@ -156,11 +158,11 @@ class WISE(RoutedEditMethod):
             side.open()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {**self.memory.state_dict(), **self.protection.state_dict(), "edits": torch.tensor(self.edits)}
+        return {**super().state_dict(), **self.protection.state_dict(), "edits": torch.tensor(self.edits)}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         state = dict(state)
         self.edits = int(state.pop("edits"))
         self.protection.load_state_dict(state)
-        self.memory.load_state_dict(state)
+        super().load_state_dict(state)
         self._centered = True  # the center is part of the state

@@ -1,0 +1,121 @@
+"""The subject gate: a routed memory answers only rows that name the subject of an edit it would answer with."""
+
+import pytest
+import torch
+
+from wise_edit import HyperParams, LifelongEditor
+from wise_edit.errors import EditStateError
+from wise_edit.request import EditRequest
+from wise_edit.routing import MAIN, RoutedLinear
+from wise_edit.sites import resolve_site
+from wise_edit.subject_gate import SubjectError, SubjectGate
+from wise_edit.tokens import TokenizationError, encode_batch, subject_span
+
+from conftest import CASE_SITE, COMMON, CASES, byte_tokenizer, tiny_llama
+
+EARLY = "model.layers[0].mlp.down_proj.weight"
+
+
+class Everything:
+    """A memory that sends every row to memory 0 (so only the gate decides) and adds nothing."""
+
+    def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(keys.shape[0], dtype=torch.long, device=keys.device)
+
+    def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        return keys.new_zeros(*keys.shape[:2], 64)  # tiny_llama's hidden size
+
+
+def gated(radius: float = 0.9):
+    model, tok = tiny_llama(), byte_tokenizer()
+    gate = SubjectGate(model, tok, EARLY, radius, Everything())
+    site = resolve_site(model, CASE_SITE)
+    layer = RoutedLinear(site.linear, gate)
+    site.replace(layer)
+    layer.watch(model.get_decoder())
+    return model, tok, gate, layer
+
+
+def decide(model, tok, layer, prompts: list[str]) -> list[int]:
+    batch = encode_batch(tok, prompts, [None] * len(prompts), side="left")
+    with torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return layer.last_route.tolist()
+
+
+def request(prompt: str, subject: str | None, case_id: int = 0) -> EditRequest:
+    return EditRequest(case_id=case_id, prompt=prompt, target="x", subject=subject)
+
+
+@pytest.mark.parametrize("text, subject", [("Who wrote Hamlet?", "Hamlet"), ("Hamlet: who wrote Hamlet?", "Hamlet"),
+                                           ("Where is Kyoto?", "Kyoto?")])
+def test_the_subject_span_covers_the_subject_tokens_of_its_last_occurrence(text, subject):
+    tok = byte_tokenizer()
+    start, end = subject_span(tok, text, subject, "request 0")
+    ids = tok(text)["input_ids"]
+    assert tok.decode(ids[start:end]) == subject and tok.decode(ids[end:]) == text[text.rfind(subject) + len(subject):]
+
+
+def test_the_gate_passes_rows_naming_a_held_subject_and_blocks_the_rest():
+    model, tok, gate, layer = gated()
+    assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [MAIN]  # nothing held yet
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    # the same prompt alone and inside a padded batch, then a question of the same form about something else
+    assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [0]
+    assert decide(model, tok, layer, ["Who wrote Hamlet?", "Who wrote Zola's Germinal?"]) == [0, MAIN]
+    assert decide(model, tok, layer, ["Where is Kyoto?"]) == [MAIN]
+
+
+def test_a_row_keeps_its_route_only_for_an_edit_filed_under_that_route():
+    model, tok, gate, layer = gated()
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 3)  # served by memory 3, not 0
+    assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [MAIN]
+
+
+def test_the_radius_decides_how_close_a_subject_must_be():
+    model, tok, gate, layer = gated(radius=-1.0)  # every recall passes
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    assert decide(model, tok, layer, ["Where is Kyoto?"]) == [0]
+
+
+def test_a_call_of_the_edited_layer_outside_the_decoder_is_not_answered():
+    model, tok, gate, layer = gated(radius=-1.0)
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    with torch.no_grad():
+        layer(torch.randn(1, 3, layer.base.in_features))
+    assert layer.last_route.tolist() == [MAIN]
+
+
+@pytest.mark.parametrize("subject, error, message", [
+    (None, SubjectError, "request 7: subject_params gates on the edit's subject"),
+    ("Macbeth", TokenizationError, "request 7: subject 'Macbeth' does not occur in 'Who wrote Hamlet[?]'")])
+def test_an_edit_without_its_subject_in_the_prompt_is_refused(subject, error, message):
+    _, _, gate, _ = gated()
+    with pytest.raises(error, match=message):
+        gate.subject_keys(request("Who wrote Hamlet?", subject, case_id=7))
+
+
+def test_the_state_round_trips_and_a_gateless_state_is_refused():
+    model, tok, gate, layer = gated()
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 0)
+    state = gate.state_dict()
+    fresh_model, _, fresh, fresh_layer = gated()
+    fresh.load_state_dict(state)
+    prompts = ["Where is Kyoto?", "Who founded Rome?", "Who wrote Hamlet?"]
+    assert decide(fresh_model, tok, fresh_layer, prompts) == decide(model, tok, layer, prompts) == [0, MAIN, 0]
+    with pytest.raises(EditStateError, match="subject_params: null"):
+        fresh.load_state_dict({})
+
+
+@pytest.mark.parametrize("case", ["WISE-Merge", "MEMOIR"])
+def test_an_edit_method_with_the_gate_refuses_a_request_without_subject_before_editing(case):
+    hparams = HyperParams.from_dict({**COMMON, **CASES[case], "model_name": "tiny", "subject_params": EARLY})
+    editor = LifelongEditor(hparams, model=tiny_llama(), tok=byte_tokenizer())
+    before = {k: v.clone() for k, v in editor.method.state_dict().items()}
+    with pytest.raises(SubjectError, match="request"):
+        editor.edit(prompts=["Who wrote Hamlet?"], target_new=["Zola"], sequential_edit=True)
+    after = editor.method.state_dict()
+    assert before.keys() == after.keys()
+    for key in before:  # (MEMOIR's background is NaN until its first edit)
+        torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, equal_nan=True)
