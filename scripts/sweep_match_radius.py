@@ -69,6 +69,8 @@ def main() -> None:
     side = editor.method.memory
     if args.gate == "subject" and editor.method.gate is None:
         parser.error(f"{run} was edited without subject_params: it has no subject gate to sweep")
+    if args.gate == "match" and not hasattr(side, "match_radius"):
+        parser.error(f"{run} is a {payload['alg_name']} run: only WISE has a match gate (try --gate subject)")
 
     def set_radius(radius: float | None) -> None:
         if args.gate == "subject":
@@ -105,8 +107,8 @@ def main() -> None:
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     suffix = "" if args.match_radius is None else f"_match{args.match_radius}"
     out = run / f"{args.gate}_radius_sweep{suffix}.json"
-    write_json(out, {"run": str(run), "gate": args.gate, "match_radius": getattr(side, "match_radius", None), "rows": rows, "hparams": hp.to_dict(),
-                     "code_version": code_version()})
+    write_json(out, {"run": str(run), "gate": args.gate, "match_radius": getattr(side, "match_radius", None),
+                     "rows": rows, "hparams": hp.to_dict(), "code_version": code_version()})
     plot(rows, out.with_suffix(".png"), f"{payload['alg_name']} T={cfg['ds_size']}, {Path(data['path']).name}: "
          f"Gen and Rel against nloc by {args.gate} radius")
     print(f"written {out}")

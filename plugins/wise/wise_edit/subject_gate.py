@@ -49,8 +49,8 @@ class SubjectGate:
         self.site = resolve_site(model, subject_params)
         weight = self.site.linear.weight
         self.index = TokenIndex(weight.shape[1], weight.device)
-        self.keys: list[torch.Tensor] = []  # (S_i, d) subject keys of each held edit
-        self.groups: list[int] = []  # the route value that serves each held edit
+        self.keys: list[torch.Tensor] = []  # (S_i, d) subject keys of each held edit, as read (the index normalises)
+        self.groups = torch.zeros(0, dtype=torch.long, device=weight.device)  # the route value serving each edit
         self._seen: torch.Tensor | None = None
         self.site.linear.register_forward_pre_hook(self._see)
         model.get_decoder().register_forward_hook(self._forget, always_call=True)
@@ -86,8 +86,8 @@ class SubjectGate:
     def hold(self, keys: torch.Tensor, group: int) -> None:
         """File one edit's subject keys (S, d) under the route value ``group`` that serves it."""
         self.keys.append(keys)
-        self.groups.append(group)
         self.index.add(keys, keys.new_ones(keys.shape[0]))
+        self.groups = torch.cat([self.groups, self.groups.new_tensor([group])])
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -96,8 +96,7 @@ class SubjectGate:
         if seen is None or seen.shape[:2] != mask.shape or not self.index.count:
             return torch.full_like(route, MAIN)
         recall = self.index.match(seen.float(), mask)  # (B, edits)
-        groups = torch.tensor(self.groups, device=route.device)
-        best = recall.masked_fill(groups[None, :] != route[:, None], -1.0).amax(1)
+        best = recall.masked_fill(self.groups[None, :] != route[:, None], -1.0).amax(1)
         return torch.where(best >= self.radius, route, torch.full_like(route, MAIN))
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
@@ -106,15 +105,15 @@ class SubjectGate:
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"subject.keys.{k}": keys.clone() for k, keys in enumerate(self.keys)}
-        return {**state, "subject.groups": torch.tensor(self.groups, dtype=torch.long)}
+        return {**state, "subject.groups": self.groups.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "subject.groups" not in state:
             raise EditStateError("the saved state has no subject gate (it was made with subject_params: null)")
-        groups = state["subject.groups"].tolist()
         weight = self.site.linear.weight
-        self.index, self.keys, self.groups = TokenIndex(weight.shape[1], weight.device), [], []
-        for k, group in enumerate(groups):
+        self.index, self.keys = TokenIndex(weight.shape[1], weight.device), []
+        self.groups = torch.zeros(0, dtype=torch.long, device=weight.device)
+        for k, group in enumerate(state["subject.groups"].tolist()):
             keys = state[f"subject.keys.{k}"]
             check_shape(f"subject gate keys of edit {k}", keys, (keys.shape[0], weight.shape[1]))
-            self.hold(keys.clone().to(weight.device), int(group))
+            self.hold(keys.clone().to(weight.device), group)
