@@ -29,20 +29,10 @@ def test_model_shape_and_tied_embeddings(smol):
     assert tok.decode(out[0, ids.input_ids.shape[1]:]).strip().startswith("Paris")
 
 
-LEAK = {
-    "MEMOIR": "after the edit 'What is the capital of France?' answers ' Perth Amboy is the capital': a question "
-              "that differs from the edited one in one word gets nearly the same TopHash mask",
-    "WISE": "the match gate passes the ZsRE dev stream (nloc 0.986) but not one-word neighbours: at layer 25 every "
-            "token key of 'What is the capital of France?' has cosine > 0.95 with the same token of '... "
-            "Australia?', so neither the activation router nor the key match tells them apart; 'Which city is "
-            "Australia's capital?' matches 0.67 (< 0.7) and is answered by the unedited model",
-}
-
-
-@pytest.mark.parametrize("alg", [pytest.param(alg, marks=pytest.mark.xfail(
-    strict=True, reason=f"open (neighbourhood-locality issue): {why}")) for alg, why in LEAK.items()])
+@pytest.mark.parametrize("alg", ["WISE", "MEMOIR"])
 def test_an_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smol, tmp_path, monkeypatch, alg):
-    """The shipped file: an edited capital changes, the capitals of other countries do not."""
+    """The shipped file: an edited capital changes, the capitals of other countries do not (the subject gate:
+    'France' and 'Japan' do not recall the edited subject 'Australia')."""
     import json
 
     import torch
@@ -68,13 +58,12 @@ def test_an_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smo
     before = greedy(neighbours)
     train = json.loads((DATA / "zsre" / "zsre_mend_train_1k.json").read_text())
     # training-time texts: records 0-499 only (500-999 are evaluation probes)
-    same_form = [r["src"] for r in train[:300]]
     try:
         editor.edit(prompts=["What is the capital of Australia?", "Who wrote the novel Hamlet?",
                              "Which planet is the largest?"],
-                    target_new=["Perth", "Jane Austen", "Saturn"], negative_prompts=same_form[:3],
-                    loc_prompts=[f"{r['loc']} {r['loc_ans']}" for r in train[:3]], same_form=same_form,
-                    sequential_edit=True)
+                    target_new=["Perth", "Jane Austen", "Saturn"], subject=["Australia", "Hamlet", "planet"],
+                    negative_prompts=[r["src"] for r in train[:3]],
+                    loc_prompts=[f"{r['loc']} {r['loc_ans']}" for r in train[:3]], sequential_edit=True)
         edited, rephrased = greedy(["What is the capital of Australia?", "Which city is Australia's capital?"])
         assert edited.strip().startswith("Perth") and "Perth" in rephrased
         assert greedy(neighbours) == before

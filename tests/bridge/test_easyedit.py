@@ -12,6 +12,7 @@ import torch
 from wise_edit import registered_methods
 from wise_edit.hparams import HyperParamsError
 from wise_edit.routing import MAIN
+from wise_edit.subject_gate import SubjectError
 
 from conftest import DATA, REQUESTS, ROOT, byte_tokenizer, routes, tiny_llama
 
@@ -25,7 +26,8 @@ from easyeditor.util import alg_dict  # noqa: E402
 from easyeditor.util.hparams import HyperParams as FrameworkHyperParams  # noqa: E402
 
 SITE = "model.layers[2].mlp.down_proj.weight"
-TINY = {"model_name": "tiny", "inner_params": [SITE], "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0}
+TINY = {"model_name": "tiny", "inner_params": [SITE], "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0,
+        "subject_params": None}
 
 
 def test_plugin_alone_never_imports_easyeditor_nor_patches_transformers():
@@ -106,6 +108,11 @@ def test_zsre_dataset_records_are_accepted_as_they_are():
     hp = easyedit.hparams_class("MEMOIR").from_hparams(ROOT / "hparams" / "MEMOIR" / "smollm2-135m.yaml").replace(
         **TINY, edit_lr=5.0, n_iter=20, top_k=32, irr_threshold=0.6)
     model, tok = tiny_llama(), byte_tokenizer()
+    gated = hp.replace(subject_params="model.layers[0].mlp.down_proj.weight")  # the shipped file's subject gate
+    with pytest.raises(SubjectError, match="request 0: .*has none .*subject_params: null"):
+        alg_dict.ALG_DICT["MEMOIR"](model, tok, [records[i] for i in range(3)], gated)
+    assert not easyedit.editor_for(model, "MEMOIR").edit_log  # refused before any edit
+    model = tiny_llama()
     edited, _ = alg_dict.ALG_DICT["MEMOIR"](model, tok, [records[i] for i in range(3)], hp)
     editor = easyedit.editor_for(edited, "MEMOIR")
     assert len(editor.method.memory.db) == 3

@@ -237,6 +237,7 @@ def make_apply(alg_name: str) -> Callable[..., tuple[torch.nn.Module, dict[str, 
         batch = [_request(r, i) for i, r in enumerate(requests)]
         if getattr(hparams, "use_chat_template", False):  # the framework scores these prompts in the template
             batch = chat_requests(tok, batch)
+        editor.method.check_requests(batch)  # a record the method cannot edit stops the call before any edit
         fallback = editor.method.prefixes or [""]
         batch = [r if r.irrelevant_text else r.replace(irrelevant_text=fallback[i % len(fallback)] or r.prompt)
                  for i, r in enumerate(batch)]  # framework records carry no irrelevant training text
