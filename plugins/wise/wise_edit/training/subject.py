@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..request import EditRequest
-from ..tokens import TokenBatch, cap_length, pad_pairs, training_pair
+from ..tokens import TokenBatch, cap_length, pad_pairs, subject_span, training_pair
 
 
 @dataclass
@@ -31,14 +31,6 @@ class SubjectBatch:
         return (first & ~self.is_kl).nonzero().squeeze(-1)
 
 
-def _subject_end(tok: PreTrainedTokenizerBase, text: str, subject: str, where: str) -> int:
-    """Number of tokens of ``text`` up to and including the subject's last occurrence."""
-    at = text.rfind(subject)
-    if at < 0:
-        raise ValueError(f"{where}: subject {subject!r} does not occur in {text!r}")
-    return len(tok(text[: at + len(subject)], add_special_tokens=True)["input_ids"])
-
-
 def subject_batch(tok: PreTrainedTokenizerBase, requests: list[EditRequest], prefixes: list[str],
                   max_length: int, kl_template: str = "{} is a", target_eos: bool = False) -> SubjectBatch:
     pairs, positions, owner, is_kl = [], [], [], []
@@ -51,7 +43,7 @@ def subject_batch(tok: PreTrainedTokenizerBase, requests: list[EditRequest], pre
             text = prefix + request.prompt
             full_ids, target_ids = training_pair(tok, text, request.target, target_eos)
             prompt_ids, target_ids = cap_length(full_ids, target_ids, max_length, where)
-            end = _subject_end(tok, text, subject, where) - (len(full_ids) - len(prompt_ids))
+            end = subject_span(tok, text, subject, where)[1] - (len(full_ids) - len(prompt_ids))
             if end < 1:
                 raise ValueError(f"{where}: the subject falls outside max_length={max_length} tokens")
             pairs.append((prompt_ids, target_ids))
@@ -63,7 +55,7 @@ def subject_batch(tok: PreTrainedTokenizerBase, requests: list[EditRequest], pre
         ids = tok(text, add_special_tokens=True)["input_ids"]
         # one placeholder label after the text, so the runner computes the logits of its last position
         pairs.append((ids, [tok.eos_token_id]))
-        positions.append(_subject_end(tok, text, request.subject, f"request {request.case_id}") - 1)
+        positions.append(subject_span(tok, text, request.subject, f"request {request.case_id}")[1] - 1)
         owner.append(index)
         is_kl.append(True)
     return SubjectBatch(pad_pairs(pairs, tok.pad_token_id, side="right"), torch.tensor(positions),
