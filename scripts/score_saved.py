@@ -15,12 +15,14 @@ hashes, and the output says so.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
 from pathlib import Path
 
 from wise_edit import HyperParams, LifelongEditor
+from wise_edit.chat import chat_prompts, chat_requests
 from wise_edit.data import run_data
 from wise_edit.evaluation import by_block, summarize
 from wise_edit.metrics import locality
@@ -51,18 +53,21 @@ def main() -> None:
         verified = False
     else:
         raise SystemExit(f"error: {run} has neither results.json nor .hydra/config.yaml: not a CLI run's output_dir")
-    if chat:
-        raise SystemExit(f"error: {run} ran with use_chat_template; scoring a saved state in the chat template is "
-                         "not supported yet")
+    editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
     requests = dataset.requests
+    given = [r.prompt for r in requests]
+    if chat:  # the run edited, routed and scored every question in the chat template: so does its scoring
+        requests = chat_requests(editor.tok, requests)
+        if probes:
+            probes = dataclasses.replace(probes, prompts=chat_prompts(editor.tok, probes.prompts))
     if [(r.prompt, r.target) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
         raise SystemExit(f"error: {state} holds other edits than the first {k} requests of the run {run}")
-    editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
     loc_before = editor.locality_before(requests)
     nloc_before = editor.answer_tokens(probes.prompts, probes.answers) if probes else None
     editor.load_state(state)
     fmt = dataset.format
-    results = editor.score(requests, loc_before, fmt.rel_metric)
+    results = [{**result, "prompt": prompt}  # the questions as given, as the run's results.json shows them
+               for result, prompt in zip(editor.score(requests, loc_before, fmt.rel_metric), given)]
     summary = summarize(results, fmt.rephrase_name)
     if probes:
         summary["nloc"] = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))

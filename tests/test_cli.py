@@ -52,17 +52,22 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
     assert "| FT-L | 3 |" in table and "nloc" in table
 
 
-def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path):
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path, chat):
     """scripts/score_saved.py on a run's final state gives the run's own figures (so a checkpoint at k edits
-    gives what a T=k run would)."""
+    gives what a T=k run would), in the chat template too if the run used it."""
     import subprocess
     import sys
 
+    if chat:
+        tok = byte_tokenizer()
+        tok.chat_template = "{% for m in messages %}<u>{{ m['content'] }}{% endfor %}<a>"
+        tok.save_pretrained(tiny_dir.parent / "tiny-model")
     out = tmp_path / "run"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("run", overrides=["alg_name=FT-L", "data=zsre", "ds_size=3", f"hparams_file={tiny_dir}",
                                         f"output_dir={out}", "progress=false", "eval_generation=false",
-                                        f"data_root={DATA}", "checkpoint_every=2"])
+                                        f"data_root={DATA}", "checkpoint_every=2", f"use_chat_template={chat}"])
     cli.run(cfg)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_saved.py"), str(out)], capture_output=True,
                           text=True, cwd=ROOT, timeout=600)
@@ -73,6 +78,7 @@ def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path):
     for name in ("rel", "gen", "loc", "nloc"):
         assert scored["summary"][name] == pytest.approx(run["summary"][name]), name
     assert scored["blocks"] == run["blocks"]
+    assert [r["prompt"] for r in scored["requests"]] == [r["prompt"] for r in run["requests"]]
     # a run that has not finished has no results.json: the configuration the CLI saved at its start serves
     from omegaconf import OmegaConf
 
