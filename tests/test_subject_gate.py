@@ -11,7 +11,7 @@ from wise_edit.sites import resolve_site
 from wise_edit.subject_gate import SubjectError, SubjectGate
 from wise_edit.tokens import TokenizationError, encode_batch, subject_span
 
-from conftest import CASE_SITE, COMMON, CASES, byte_tokenizer, tiny_llama
+from conftest import CASE_SITE, COMMON, CASES, byte_tokenizer, routes, tiny_llama
 
 EARLY = "model.layers[0].mlp.down_proj.weight"
 
@@ -119,3 +119,19 @@ def test_an_edit_method_with_the_gate_refuses_a_request_without_subject_before_e
     assert before.keys() == after.keys()
     for key in before:  # (MEMOIR's background is NaN until its first edit)
         torch.testing.assert_close(after[key], before[key], rtol=0, atol=0, equal_nan=True)
+
+
+def test_retrieve_mode_files_each_subject_under_the_memory_that_serves_it():
+    """WISE-Retrieve opens a memory per ``merge_freq`` edits: a row passes the gate only towards the memory that
+    holds its subject's edit."""
+    hparams = HyperParams.from_dict({**COMMON, **CASES["WISE-Retrieve"], "model_name": "tiny",
+                                     "subject_params": EARLY, "subject_radius": 0.9})
+    editor = LifelongEditor(hparams, model=tiny_llama(), tok=byte_tokenizer())
+    edited = ["Who wrote Hamlet?", "Where is Kyoto?", "What does Lima export?"]
+    editor.edit(prompts=edited, target_new=["Zola", "Peru", "tin"], subject=["Hamlet", "Kyoto", "Lima"],
+                loc_prompts=["nq question: largest ocean Pacific"] * 3, sequential_edit=True)
+    assert editor.method.gate.groups.tolist() == [0, 0, 1]  # merge_freq 2: the third edit opens memory 1
+    decided = routes(editor, edited)
+    # the router sends "Lima" to memory 0 on this tiny model; memory 0 holds no edit of Lima, so the gate refuses
+    assert decided[:2] == [0, 0] and decided[2] in (1, MAIN)
+    assert routes(editor, ["Who wrote Zola's Germinal?", "nq question: largest ocean"]) == [MAIN, MAIN]
