@@ -66,7 +66,8 @@ class SubjectGate:
         where = f"request {request.case_id}"
         if not request.subject:
             raise SubjectError(f"{where}: subject_params gates on the edit's subject, and this request has none "
-                               "(give subject=..., or set subject_params: null)")
+                               "(give each request its subject: subject=[...] or a 'subject' field in the data; "
+                               "or set subject_params: null)")
         return subject_span(self.tok, request.prompt, request.subject, where)
 
     @torch.no_grad()
