@@ -107,8 +107,10 @@ def main() -> None:
         print(" ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
     suffix = "" if args.match_radius is None else f"_match{args.match_radius}"
     out = run / f"{args.gate}_radius_sweep{suffix}.json"
-    write_json(out, {"run": str(run), "gate": args.gate, "match_radius": getattr(side, "match_radius", None),
-                     "rows": rows, "hparams": hp.to_dict(), "code_version": code_version()})
+    # the match gate's radius held while the subject gate was swept (a match sweep's radius is in each row)
+    held = getattr(side, "match_radius", None) if args.gate == "subject" else None
+    write_json(out, {"run": str(run), "gate": args.gate, "match_radius": held, "rows": rows,
+                     "hparams": hp.to_dict(), "code_version": code_version()})
     plot(rows, out.with_suffix(".png"), f"{payload['alg_name']} T={cfg['ds_size']}, {Path(data['path']).name}: "
          f"Gen and Rel against nloc by {args.gate} radius")
     print(f"written {out}")
