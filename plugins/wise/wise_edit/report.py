@@ -28,12 +28,20 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
         run = payload["config"]["run"]
         protocol = "seq" if payload.get("sequential_edit", run.get("sequential_edit")) else "T=1"
         rows.append({"method": payload["alg_name"], "T": int(run["ds_size"]), "protocol": protocol,
-                     "data": run.get("data", {}).get("name", ""), **payload["summary"],
+                     "data": run.get("data", {}).get("name", ""),
+                     "prompts": "chat template" if run.get("use_chat_template") else "plain",
+                     **payload["summary"],
                      "s/edit": payload["timing"]["seconds_per_edit"], "source": str(path.relative_to(root)),
                      "blocks": payload.get("blocks")})
     if not rows:
         raise FileNotFoundError(f"no results.json under {root}")
-    return sorted(rows, key=lambda r: (r["data"], r["protocol"], r["method"], r["T"]))
+    return sorted(rows, key=lambda r: (r["data"], r["protocol"], r["prompts"], r["method"], r["T"]))
+
+
+def _label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A plot's name for a row's method: with its prompt form when the report mixes plain and chat-template runs."""
+    mixed = len({r["prompts"] for r in rows}) > 1
+    return f"{row['method']} ({row['prompts']})" if mixed else row["method"]
 
 
 def write_report(root: str | Path) -> tuple[Path, Path]:
@@ -45,9 +53,10 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
 
     root = Path(root)
     rows = collect(root)
-    table = markdown_table(rows, keys=("method", "T", "protocol", "data"))
-    seconds = "\n".join(f"- {r['method']} T={r['T']} ({r['protocol']}): {r['s/edit']:.2f} s/edit, `{r['source']}`"
-                        for r in rows)
+    mixed = len({r["prompts"] for r in rows}) > 1
+    table = markdown_table(rows, keys=("method", "T", "protocol", "data", *(("prompts",) if mixed else ())))
+    seconds = "\n".join(f"- {_label(r, rows)} T={r['T']} ({r['protocol']}): {r['s/edit']:.2f} s/edit, "
+                        f"`{r['source']}`" for r in rows)
     markdown = root / "comparison.md"
     markdown.write_text(f"{table}\n\nSeconds per edit and source of each row:\n\n{seconds}\n")
     metrics = [m for m in PLOTTED if any(m in r for r in rows)]
@@ -68,14 +77,17 @@ def _line_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: 
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
     for ax, metric in zip(axes.flat, metrics):
-        for method in sorted({r["method"] for r in rows}):
-            points = sorted((r["T"], r[metric]) for r in rows if r["method"] == method and metric in r)
+        for method in sorted({_label(r, rows) for r in rows}):
+            points = sorted((r["T"], r[metric]) for r in rows if _label(r, rows) == method and metric in r)
             if points:
                 ax.plot(*zip(*points), marker="o", label=method)
         ax.set_xscale("log")
         ax.set_xlabel("T (edits)")
         ax.set_title(TITLES.get(metric, metric.capitalize()))
-        ax.set_ylim(-0.02, 1.02)
+        if metric == "ppl":  # a perplexity, lower is better, unbounded: its own log axis
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes.flat[len(metrics) - 1].legend(fontsize=8, loc="lower left")
     fig.tight_layout()
@@ -85,11 +97,12 @@ def _line_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: 
 
 def _bar_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: Any) -> None:
     """All runs at one T: a group of bars per metric, one bar per method (a line against T would be a dot)."""
-    methods = sorted({r["method"] for r in rows})
+    metrics = [m for m in metrics if m != "ppl"]  # bars share one [0, 1] axis; the table has the perplexity
+    methods = sorted({_label(r, rows) for r in rows})
     width = 0.8 / len(methods)
     fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(metrics) + 2), 3.6))
     for i, method in enumerate(methods):
-        row = next(r for r in rows if r["method"] == method)
+        row = next(r for r in rows if _label(r, rows) == method)
         xs = [j + (i - (len(methods) - 1) / 2) * width for j, m in enumerate(metrics) if m in row]
         ax.bar(xs, [row[m] for m in metrics if m in row], width, label=method)
     ax.set_xticks(range(len(metrics)), [TITLES.get(m, m.capitalize()) for m in metrics], fontsize=8)
@@ -108,7 +121,7 @@ def _retention_plot(rows: list[dict[str, Any]], root: Path, plt: Any) -> Path | 
     for row in rows:
         if not row["blocks"] or row["protocol"] != "seq":
             continue
-        key = (row["data"], row["method"])
+        key = (row["data"], _label(row, rows))
         if key not in longest or row["T"] > longest[key][0]:
             longest[key] = (row["T"], row["blocks"])
     if not longest:

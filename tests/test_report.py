@@ -1,0 +1,44 @@
+"""The comparison report rebuilt from result files: rows it must tell apart, and a perplexity column."""
+
+import json
+
+from wise_edit.report import collect, write_report
+
+
+def _result(root, name, method, size, data="zsre", chat=False, **summary):
+    path = root / name / "results.json"
+    path.parent.mkdir(parents=True)
+    payload = {"alg_name": method, "sequential_edit": True, "summary": summary, "timing": {"seconds_per_edit": 1.5},
+               "config": {"run": {"ds_size": size, "data": {"name": data}, "use_chat_template": chat}},
+               "blocks": [{"first": 0, "last": size - 1, **summary}]}
+    path.write_text(json.dumps(payload))
+
+
+def test_plain_and_chat_template_runs_of_one_method_stay_two_rows(tmp_path):
+    for size in (1, 10):
+        _result(tmp_path, f"plain{size}", "WISE", size, rel=0.9, gen=0.8, loc=1.0, gen_rel=0.1)
+        _result(tmp_path, f"chat{size}", "WISE", size, chat=True, rel=0.7, gen=0.6, loc=1.0, gen_rel=0.5)
+    markdown, plot = write_report(tmp_path)
+    table = markdown.read_text()
+    assert "| WISE | 10 | seq | zsre | plain | 0.900 | 0.800 | 1.000 |" in table
+    assert "| WISE | 10 | seq | zsre | chat template | 0.700 | 0.600 | 1.000 |" in table
+    assert "WISE (chat template) T=10" in table
+    assert plot.stat().st_size > 10_000
+
+
+def test_runs_of_one_prompt_form_have_no_prompts_column(tmp_path):
+    _result(tmp_path, "a", "WISE", 10, rel=0.9, gen=0.8, loc=1.0)
+    _result(tmp_path, "b", "GRACE", 10, rel=1.0, gen=0.2, loc=1.0)
+    markdown, _ = write_report(tmp_path)
+    assert markdown.read_text().splitlines()[0].startswith("| method | T | protocol | data | rel |")
+    assert [r["prompts"] for r in collect(tmp_path)] == ["plain", "plain"]
+
+
+def test_hallucination_perplexity_is_tabled_and_plotted_without_an_average(tmp_path):
+    for size, ppl in ((1, 1.2), (10, 35.0)):
+        _result(tmp_path, f"w{size}", "WISE", size, data="hallucination", rel=0.95, ppl=ppl, loc=1.0)
+    markdown, plot = write_report(tmp_path)
+    lines = markdown.read_text().splitlines()
+    assert lines[0] == "| method | T | protocol | data | rel | loc | ppl |"
+    assert "| WISE | 10 | seq | hallucination | 0.950 | 1.000 | 35.000 |" in lines
+    assert plot.stat().st_size > 10_000
