@@ -42,3 +42,18 @@ def test_hallucination_perplexity_is_tabled_and_plotted_without_an_average(tmp_p
     assert lines[0] == "| method | T | protocol | data | rel | loc | ppl |"
     assert "| WISE | 10 | seq | hallucination | 0.950 | 1.000 | 35.000 |" in lines
     assert plot.stat().st_size > 10_000
+
+
+def test_three_benchmarks_read_across_at_each_ones_largest_T(tmp_path):
+    _result(tmp_path, "z10", "WISE", 10, rel=0.5, gen=0.5, loc=1.0)
+    _result(tmp_path, "z100", "WISE", 100, rel=0.9, gen=0.8, loc=1.0, port=0.3)
+    _result(tmp_path, "g100", "GRACE", 100, rel=1.0, gen=0.2, loc=1.0, port=0.1)
+    _result(tmp_path, "t75", "WISE", 75, data="temporal", rel=0.88, ood=0.6, loc=1.0)
+    _result(tmp_path, "h100", "WISE", 100, data="hallucination", rel=0.9, ppl=1.5, loc=0.99)
+    _result(tmp_path, "h100c", "WISE", 100, data="hallucination", chat=True, rel=0.1, ppl=99.0, loc=0.5)
+    text = (write_report(tmp_path)[0]).read_text()
+    assert ("| method | hallucination T=100 rel | hallucination T=100 ppl | hallucination T=100 loc "
+            "| temporal T=75 rel | temporal T=75 ood | temporal T=75 loc "
+            "| zsre T=100 rel | zsre T=100 gen | zsre T=100 loc | zsre T=100 port |") in text
+    assert "| GRACE |  |  |  |  |  |  | 1.000 | 0.200 | 1.000 | 0.100 |" in text
+    assert "| WISE | 0.900 | 1.500 | 0.990 | 0.880 | 0.600 | 1.000 | 0.900 | 0.800 | 1.000 | 0.300 |" in text

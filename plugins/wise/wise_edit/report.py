@@ -39,9 +39,36 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
 
 
 def _label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """A plot's name for a row's method: with its prompt form when the report mixes plain and chat-template runs."""
-    mixed = len({r["prompts"] for r in rows}) > 1
-    return f"{row['method']} ({row['prompts']})" if mixed else row["method"]
+    """A plot's name for a row's method: with its benchmark and prompt form where the report mixes them."""
+    extra = [row[k] for k in ("data", "prompts") if len({r[k] for r in rows}) > 1]
+    return f"{row['method']} ({', '.join(extra)})" if extra else row["method"]
+
+
+#: the summary names each benchmark is read by in the side-by-side table (as the WISE paper's tables)
+BENCHMARK_COLUMNS = ("rel", "ppl", "gen", "ood", "loc", "nloc", "port")
+
+
+def side_by_side(rows: list[dict[str, Any]]) -> str:
+    """One row per method, one column group per benchmark at that benchmark's largest T (sequential runs with
+    plain prompts): the three benchmarks read across, as the papers print them. Empty where a method has no run
+    at that T."""
+    groups = []
+    for data in sorted({r["data"] for r in rows}):
+        runs = [r for r in rows if r["data"] == data and r["protocol"] == "seq" and r["prompts"] == "plain"]
+        if runs:
+            size = max(r["T"] for r in runs)
+            at_size = {r["method"]: r for r in runs if r["T"] == size}
+            names = [m for m in BENCHMARK_COLUMNS if any(m in r for r in at_size.values())]
+            groups.append((data, size, names, at_size))
+    head = ["method"] + [f"{data} T={size} {name}" for data, size, names, _ in groups for name in names]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for method in sorted({r["method"] for r in rows}):
+        cells = [method]
+        for _, _, names, at_size in groups:
+            row = at_size.get(method, {})
+            cells += [f"{row[n]:.3f}" if isinstance(row.get(n), float) else "" for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_report(root: str | Path) -> tuple[Path, Path]:
@@ -58,7 +85,10 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
     seconds = "\n".join(f"- {_label(r, rows)} T={r['T']} ({r['protocol']}): {r['s/edit']:.2f} s/edit, "
                         f"`{r['source']}`" for r in rows)
     markdown = root / "comparison.md"
-    markdown.write_text(f"{table}\n\nSeconds per edit and source of each row:\n\n{seconds}\n")
+    across = ""
+    if len({r["data"] for r in rows}) > 1:
+        across = f"The benchmarks side by side (each at its largest T):\n\n{side_by_side(rows)}\n\nEvery run:\n\n"
+    markdown.write_text(f"{across}{table}\n\nSeconds per edit and source of each row:\n\n{seconds}\n")
     metrics = [m for m in PLOTTED if any(m in r for r in rows)]
     plot = root / "comparison.png"
     if len({r["T"] for r in rows}) == 1:
