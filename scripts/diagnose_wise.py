@@ -4,9 +4,9 @@
     python scripts/diagnose_wise.py outputs/WISE-T1000 --state checkpoint --blocks 0:100 450:500
 
 For each block of the saved state's edits (by position in the stream): the share of edit prompts the router
-sends to a side memory, Rel as served, Rel with the router replaced by one that always picks the newest
-memory, and Rel with the match gate off. Routed but still wrong means the memory lost the edit; not routed
-with Rel recovered by forcing means the router lost it. Prints a table and writes
+sends to a side memory, Rel as served, Rel with the router and gates replaced by one that always picks the
+newest memory, and Rel with the gates off (subject gate and match gate). Routed but still wrong means the
+memory lost the edit; not routed with Rel recovered by forcing means the router or a gate lost it. Prints a table and writes
 ``<run>/diagnose_<state>_T<k>.json``.
 """
 
@@ -15,11 +15,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from run_lifelong_editing import saved_run_inputs
+from run_lifelong_editing import saved_run_data
 from wise_edit import LifelongEditor
+from wise_edit.chat import chat_requests
 from wise_edit.metrics import score_answers
 from wise_edit.results import code_version, write_json
 from wise_edit.routing import MAIN
@@ -29,7 +32,20 @@ def rel(editor: LifelongEditor, prompts: list[str], targets: list[str]) -> float
     return statistics.fmean(score_answers(editor.model, editor.tok, prompts, targets).accuracy)
 
 
+@contextmanager
+def swapped(obj: object, name: str, value: object) -> Iterator[None]:
+    """``obj.name`` set to ``value`` for the block, restored after it (also on error)."""
+    old = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        setattr(obj, name, old)
+
+
 def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str]) -> dict[str, float]:
+    """Routed share and Rel as served, with the newest memory forced on every row (no router, no gate), and with
+    the gates off (the subject gate and the match gate; the activation router still decides)."""
     side, layer = editor.method.memory, editor.method.layer
     routed = []
     with torch.no_grad():
@@ -38,17 +54,14 @@ def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str]) -> 
             routed.append(float(int(layer.last_route[0]) != MAIN))
     served = rel(editor, prompts, targets)
     newest = len(side.memories) - 1
-    route = side.route
-    side.route = lambda keys, mask: torch.full(keys.shape[:1], newest, dtype=torch.long, device=keys.device)
-    try:
+
+    def force(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.full(keys.shape[:1], newest, dtype=torch.long, device=keys.device)
+
+    with swapped(layer, "memory", side), swapped(side, "route", force):
         forced = rel(editor, prompts, targets)
-    finally:
-        side.route = route
-    radius, side.match_radius = side.match_radius, None
-    try:
+    with swapped(layer, "memory", side), swapped(side, "match_radius", None):
         no_gate = rel(editor, prompts, targets)
-    finally:
-        side.match_radius = radius
     return {"routed": statistics.fmean(routed), "rel": served, "rel_memory_forced": forced, "rel_no_gate": no_gate}
 
 
@@ -63,7 +76,8 @@ def main() -> None:
     if editor.hparams.alg_name != "WISE":
         raise SystemExit(f"error: {run / args.state} holds {editor.hparams.alg_name} edits; this diagnoses WISE")
     k = len(editor.edit_log)
-    requests = saved_run_inputs(run, k)[1][0].requests
+    dataset, _, chat, _ = saved_run_data(run, k)
+    requests = chat_requests(editor.tok, dataset.requests) if chat else dataset.requests
     rows = []
     for block in args.blocks:
         start, stop = (int(x) for x in block.split(":"))

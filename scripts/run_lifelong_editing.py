@@ -10,6 +10,7 @@ Writes ``<output_dir>/results.json`` and prints a summary table.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -90,6 +91,23 @@ def saved_run_inputs(run_dir: Path, ds_size: int) -> tuple[DictConfig, tuple]:
     cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
     cfg.ds_size = ds_size
     return cfg, run_inputs(cfg)
+
+
+def saved_run_data(run_dir: Path, ds_size: int) -> tuple:
+    """The first ``ds_size`` requests of the CLI run in ``run_dir`` as (dataset, neighbourhood probes or ``None``,
+    whether the run used the chat template, whether the data files were checked against the hashes its
+    ``results.json`` recorded). A run without ``results.json`` (unfinished) is read from its saved configuration."""
+    from wise_edit.data import run_data
+
+    run_dir = Path(run_dir)
+    if (run_dir / "results.json").exists():
+        payload = json.loads((run_dir / "results.json").read_text())
+        found = run_data(payload, ds_size=ds_size)
+        return found.dataset, found.probes, payload["config"]["run"].get("use_chat_template", False), True
+    if (run_dir / ".hydra" / "config.yaml").exists():
+        cfg, (dataset, _, probes) = saved_run_inputs(run_dir, ds_size)
+        return dataset, probes, cfg.get("use_chat_template", False), False
+    raise SystemExit(f"error: {run_dir} has neither results.json nor .hydra/config.yaml: not a CLI run's output_dir")
 
 
 def run(cfg: DictConfig) -> dict:

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import time
 from pathlib import Path
 
+from run_lifelong_editing import saved_run_data
 from wise_edit import HyperParams, LifelongEditor
 from wise_edit.chat import chat_prompts, chat_requests
-from wise_edit.data import run_data
 from wise_edit.evaluation import by_block, summarize
 from wise_edit.metrics import locality
 from wise_edit.persistence import read_record
@@ -40,19 +39,7 @@ def main() -> None:
     state = run / args.state
     meta = read_record(state)
     k = len(meta["edit_log"])
-    if (run / "results.json").exists():
-        payload = json.loads((run / "results.json").read_text())
-        chat = payload["config"]["run"].get("use_chat_template", False)
-        found = run_data(payload, ds_size=k)
-        dataset, probes, verified = found.dataset, found.probes, True
-    elif (run / ".hydra" / "config.yaml").exists():
-        from run_lifelong_editing import saved_run_inputs
-
-        cfg, (dataset, _, probes) = saved_run_inputs(run, k)
-        chat = cfg.get("use_chat_template", False)
-        verified = False
-    else:
-        raise SystemExit(f"error: {run} has neither results.json nor .hydra/config.yaml: not a CLI run's output_dir")
+    dataset, probes, chat, verified = saved_run_data(run, k)
     editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
     requests = dataset.requests
     given = [r.prompt for r in requests]
