@@ -100,17 +100,25 @@ def write_report(root: str | Path) -> tuple[Path, Path]:
 
 
 def _line_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: Any) -> None:
-    """One panel per metric, each method's value against T."""
+    """One panel per metric, each method's value against T: a method keeps its colour in every panel, a benchmark
+    its line style, and one legend below the panels names every line."""
     cols = min(4, len(metrics))
     rows_n = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=(4 * cols, 3.4 * rows_n), squeeze=False)
     for ax in axes.flat[len(metrics):]:
         ax.set_visible(False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(sorted({r["method"] for r in rows}))}
+    styles = {d: ("-", "--", ":", "-.")[i % 4] for i, d in enumerate(sorted({r["data"] for r in rows}))}
+    lines = {}
     for ax, metric in zip(axes.flat, metrics):
-        for method in sorted({_label(r, rows) for r in rows}):
-            points = sorted((r["T"], r[metric]) for r in rows if _label(r, rows) == method and metric in r)
+        for label in sorted({_label(r, rows) for r in rows}):
+            mine = [r for r in rows if _label(r, rows) == label]
+            points = sorted((r["T"], r[metric]) for r in mine if metric in r)
             if points:
-                ax.plot(*zip(*points), marker="o", label=method)
+                marker = "s" if mine[0]["prompts"] != "plain" else "o"
+                lines[label] = ax.plot(*zip(*points), marker=marker, label=label, color=colours[mine[0]["method"]],
+                                       linestyle=styles[mine[0]["data"]])[0]
         ax.set_xscale("log")
         ax.set_xlabel("T (edits)")
         ax.set_title(TITLES.get(metric, metric.capitalize()))
@@ -119,8 +127,8 @@ def _line_plot(rows: list[dict[str, Any]], metrics: list[str], path: Path, plt: 
         else:
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    axes.flat[len(metrics) - 1].legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(lines) // 6), 1, 1))
+    fig.legend(lines.values(), lines.keys(), loc="lower center", ncol=min(6, len(lines)), fontsize=8)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
