@@ -125,13 +125,60 @@ def test_retrieve_mode_files_each_subject_under_the_memory_that_serves_it():
     """WISE-Retrieve opens a memory per ``merge_freq`` edits: a row passes the gate only towards the memory that
     holds its subject's edit."""
     hparams = HyperParams.from_dict({**COMMON, **CASES["WISE-Retrieve"], "model_name": "tiny",
-                                     "subject_params": EARLY, "subject_radius": 0.9})
+                                     "subject_params": EARLY, "subject_radius": 0.9, "protect": 10.0})
     editor = LifelongEditor(hparams, model=tiny_llama(), tok=byte_tokenizer())
     edited = ["Who wrote Hamlet?", "Where is Kyoto?", "What does Lima export?"]
     editor.edit(prompts=edited, target_new=["Zola", "Peru", "tin"], subject=["Hamlet", "Kyoto", "Lima"],
                 loc_prompts=["nq question: largest ocean Pacific"] * 3, sequential_edit=True)
     assert editor.method.gate.groups.tolist() == [0, 0, 1]  # merge_freq 2: the third edit opens memory 1
-    decided = routes(editor, edited)
-    # the router sends "Lima" to memory 0 on this tiny model; memory 0 holds no edit of Lima, so the gate refuses
-    assert decided[:2] == [0, 0] and decided[2] in (1, MAIN)
+    # the activation router alone scores memory 0 highest for "Lima" on this tiny model; the gate picks memory 1,
+    # which holds Lima's edit, among the memories that would answer
+    assert editor.method.memory.route(*_keys_and_mask(editor, edited[2:]))[0] == 0
+    assert routes(editor, edited) == [0, 0, 1]
     assert routes(editor, ["Who wrote Zola's Germinal?", "nq question: largest ocean"]) == [MAIN, MAIN]
+    # memory 1 is protected from its own edit only (each edit weighs 1), not from memory 0's two
+    assert torch.allclose(editor.method.protection.gram.trace(), torch.tensor(1.0))
+
+
+class Admits:
+    """Two memories, both answering every row: the gate alone picks between them."""
+
+    def __init__(self, admitted: list[list[bool]]):
+        self.rows = torch.tensor(admitted)
+
+    def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("an Admitting memory leaves the choice to the gate")
+
+    def admitted(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.rows[:, :keys.shape[0]]
+
+    def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
+        return keys.new_zeros(*keys.shape[:2], 64)
+
+
+@pytest.mark.parametrize("admitted, expected", [([[True, True], [True, True]], [1, 0]),
+                                                ([[True, True], [False, True]], [MAIN, 0]),
+                                                ([[False, False], [True, True]], [1, MAIN])])
+def test_the_gate_picks_the_admitted_memory_filing_the_subject_a_row_names(admitted, expected):
+    model, tok = tiny_llama(), byte_tokenizer()
+    gate = SubjectGate(model, tok, EARLY, 0.9, Admits(admitted))
+    site = resolve_site(model, CASE_SITE)
+    layer = RoutedLinear(site.linear, gate)
+    site.replace(layer)
+    layer.watch(model.get_decoder())
+    gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 0)
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 1)
+    assert decide(model, tok, layer, ["Who wrote Hamlet?", "Where is Kyoto?"]) == expected
+
+
+def _keys_and_mask(editor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The edited matrix's input keys of ``prompts`` and their mask, as the router reads them."""
+    seen = {}
+    hook = editor.method.layer.base.register_forward_hook(lambda m, args, out: seen.update(keys=args[0].detach()))
+    batch = encode_batch(editor.tok, prompts, [None] * len(prompts), side="left")
+    try:
+        with torch.no_grad():
+            editor.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        hook.remove()
+    return seen["keys"], batch.attention_mask

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from dataclasses import dataclass
-from typing import Iterator, Protocol
+from typing import Iterator, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -71,6 +71,14 @@ class Memory(Protocol):
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         """(B, S, d_out) added to the original output; rows routed to ``MAIN`` must get exact zeros."""
+
+
+@runtime_checkable
+class Admitting(Memory, Protocol):
+    """A memory with several route values that can each answer a row (WISE-Retrieve's memories)."""
+
+    def admitted(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(G, B) bool: which route values ``0..G-1`` would answer each row."""
 
 
 class RoutedLinear(nn.Module):

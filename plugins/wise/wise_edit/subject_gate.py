@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .errors import EditStateError, check_shape
 from .matching import TokenIndex
 from .request import EditRequest
-from .routing import MAIN, Memory, unrouted
+from .routing import MAIN, Admitting, Memory, unrouted
 from .sites import resolve_site, run_through
 from .tokens import subject_span
 
@@ -39,7 +39,9 @@ class SubjectGate:
 
     ``memory`` routes a row to a value (a memory for WISE, a stored edit for MEMOIR); every held edit is filed
     under the route value that serves it (:meth:`hold`), and a row keeps its route only if it recalls the
-    subject of an edit filed under it. The early keys of a query are read by a hook during the same decoder
+    subject of an edit filed under it. A memory that can tell which of its route values would answer a row
+    (:class:`~wise_edit.routing.Admitting`: WISE's side memories) leaves the choice to the gate: of those, the
+    one filing the subject the row recalls best. The early keys of a query are read by a hook during the same decoder
     call; a call of the edited layer outside a decoder call has none, and then the memory does not answer.
     """
 
@@ -92,13 +94,28 @@ class SubjectGate:
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        route = self.memory.route(keys, mask)
         seen = self._seen
         if seen is None or seen.shape[:2] != mask.shape or not self.index.count:
-            return torch.full_like(route, MAIN)
+            return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
         recall = self.index.match(seen.float(), mask)  # (B, edits)
+        if isinstance(self.memory, Admitting):
+            return self._pick(recall, self.memory.admitted(keys, mask))
+        route = self.memory.route(keys, mask)
         best = recall.masked_fill(self.groups[None, :] != route[:, None], -1.0).amax(1)
         return torch.where(best >= self.radius, route, torch.full_like(route, MAIN))
+
+    def _pick(self, recall: torch.Tensor, admitted: torch.Tensor) -> torch.Tensor:
+        """(B,) among the route values that would answer a row (``admitted``, (G, B)), the one filing the subject
+        the row recalls best, if it recalls it by ``radius``; else ``MAIN``.
+
+        With several memories (WISE-Retrieve) the memory whose activation score is highest is often not the one
+        that holds the edit: the scores of a memory of 100 similar questions say little about which of them is
+        asked. The subject says it."""
+        rows, groups = recall.shape[0], admitted.shape[0]
+        per_group = recall.new_full((rows, groups), -1.0).scatter_reduce(
+            1, self.groups[None, :].expand(rows, -1), recall, "amax")
+        best, group = per_group.masked_fill(~admitted.T, -1.0).max(1)
+        return torch.where(best >= self.radius, group, torch.full_like(group, MAIN))
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         return self.memory.delta(keys, route)

@@ -36,6 +36,11 @@ class KeyProtection:
         eye = torch.eye(sub.shape[0], device=sub.device, dtype=sub.dtype)
         return torch.linalg.inv(eye + self.strength * sub)
 
+    def reset(self) -> None:
+        """Forget every recorded edit (a new memory that none of them is served by)."""
+        if self.gram is not None:
+            self.gram.zero_()
+
     def add(self, keys: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Record one edit: ``keys`` (n_tokens, d_in) of its training rows, ``mask`` (d_in,) its columns."""
         if self.gram is None:

@@ -156,6 +156,9 @@ class WISE(RoutedEditMethod):
             side.refresh()
             side.calibrate(len(side.memories) - 1)
             side.open()
+            # protection keeps a memory's later edits off its earlier ones; the new memory holds none of those
+            # (each is answered by its own memory), so their keys no longer hold its training back
+            self.protection.reset()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {**super().state_dict(), **self.protection.state_dict(), "edits": torch.tensor(self.edits)}

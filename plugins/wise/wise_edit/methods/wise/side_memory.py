@@ -138,15 +138,33 @@ class SideMemory:
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        self.settle()
-        if self._changes is None:
+        scores, limits = self._scores(keys, mask)
+        if scores is None:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
+        return select(scores, limits)
+
+    def admitted(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(M, B) bool: which memories would answer each row (score at or above threshold; match gate passed).
+
+        The subject gate picks among them the memory holding the subject the row names
+        (:class:`wise_edit.subject_gate.SubjectGate`)."""
+        scores, limits = self._scores(keys, mask)
+        if scores is None:
+            return torch.zeros(0, keys.shape[0], dtype=torch.bool, device=keys.device)
+        return scores >= limits[:, None]
+
+    def _scores(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(M, B) each memory's activation score of each row (-inf where the match gate refuses) and (M,) the
+        memories' thresholds."""
+        self.settle()
+        limits = torch.tensor([m.threshold for m in self.memories], dtype=keys.dtype, device=keys.device)
+        if self._changes is None:
+            return None, limits
         read = self.read(keys)
         scores = torch.stack([activation_scores(read, d, mask, self.relative_scores) for d in self._changes])
-        limits = torch.tensor([m.threshold for m in self.memories], dtype=scores.dtype, device=scores.device)
         if self.match_radius is not None:
             scores = torch.where(self.matches(keys, mask) >= self.match_radius, scores, -float("inf"))
-        return select(scores, limits)
+        return scores, limits.to(scores.dtype)
 
     def matches(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(M, B) how well each row recalls the best-recalled edit of each memory (-1 for an empty memory)."""
