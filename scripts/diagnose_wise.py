@@ -4,9 +4,10 @@
     python scripts/diagnose_wise.py outputs/WISE-T1000 --state checkpoint --blocks 0:100 450:500
 
 For each block of the saved state's edits (by position in the stream): the share of edit prompts the router
-sends to a side memory, Rel as served, Rel with the router and gates replaced by one that always picks the
-newest memory, and Rel with the gates off (subject gate and match gate). Routed but still wrong means the
-memory lost the edit; not routed with Rel recovered by forcing means the router or a gate lost it. Prints a table and writes
+sends to a side memory and to the memory that holds the edit (WISE-Retrieve has several), Rel as served, Rel
+with the router and gates replaced by one that picks each edit's own memory, and Rel with the gates off (subject
+gate and match gate: the activation router alone picks). Routed to its own memory but still wrong means the
+memory lost the edit; Rel recovered by forcing means the router or a gate lost it. Prints a table and writes
 ``<run>/diagnose_<state>_T<k>.json``.
 """
 
@@ -43,26 +44,40 @@ def swapped(obj: object, name: str, value: object) -> Iterator[None]:
         setattr(obj, name, old)
 
 
-def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str]) -> dict[str, float]:
-    """Routed share and Rel as served, with the newest memory forced on every row (no router, no gate), and with
-    the gates off (the subject gate and the match gate; the activation router still decides)."""
+def owners(editor: LifelongEditor, positions: range) -> list[int]:
+    """The memory holding each edit: as the subject gate filed it, else one memory per ``merge_freq`` edits
+    (WISE-Retrieve) or the one memory (WISE-Merge)."""
+    hp, gate = editor.hparams, editor.method.gate
+    if gate is not None:
+        return [int(gate.groups[position]) for position in positions]
+    return [position // hp.merge_freq if hp.retrieve else 0 for position in positions]
+
+
+def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str], own: list[int]) -> dict[str, float]:
+    """Routed share, share routed to the memory holding the edit (``own``), and Rel: as served, with each edit's
+    own memory forced on its rows (no router, no gate), and with the gates off (the subject gate and the match
+    gate; the activation router alone picks the memory)."""
     side, layer = editor.method.memory, editor.method.layer
-    routed = []
+    routes = []
     with torch.no_grad():
         for prompt in prompts:
             editor.model(**editor.tok(prompt, return_tensors="pt").to(editor.model.device))
-            routed.append(float(int(layer.last_route[0]) != MAIN))
+            routes.append(int(layer.last_route[0]))
     served = rel(editor, prompts, targets)
-    newest = len(side.memories) - 1
+    forced = []
+    for memory in sorted(set(own)):
+        rows = [i for i, m in enumerate(own) if m == memory]
 
-    def force(keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.full(keys.shape[:1], newest, dtype=torch.long, device=keys.device)
+        def force(keys: torch.Tensor, mask: torch.Tensor, memory: int = memory) -> torch.Tensor:
+            return torch.full(keys.shape[:1], memory, dtype=torch.long, device=keys.device)
 
-    with swapped(layer, "memory", side), swapped(side, "route", force):
-        forced = rel(editor, prompts, targets)
+        with swapped(layer, "memory", side), swapped(side, "route", force):
+            forced.append(rel(editor, [prompts[i] for i in rows], [targets[i] for i in rows]) * len(rows))
     with swapped(layer, "memory", side), swapped(side, "match_radius", None):
         no_gate = rel(editor, prompts, targets)
-    return {"routed": statistics.fmean(routed), "rel": served, "rel_memory_forced": forced, "rel_no_gate": no_gate}
+    return {"routed": statistics.fmean(r != MAIN for r in routes),
+            "own_memory": statistics.fmean(r == m for r, m in zip(routes, own)),
+            "rel": served, "rel_memory_forced": sum(forced) / len(prompts), "rel_no_gate": no_gate}
 
 
 def main() -> None:
@@ -84,8 +99,9 @@ def main() -> None:
         if not 0 <= start < stop <= k:
             raise SystemExit(f"error: block {block} is outside the {k} edits of {run / args.state}")
         part = requests[start:stop]
-        rows.append({"block": block, **diagnose(editor, [r.prompt for r in part], [r.target for r in part])})
-    columns = ("block", "routed", "rel", "rel_memory_forced", "rel_no_gate")
+        rows.append({"block": block, **diagnose(editor, [r.prompt for r in part], [r.target for r in part],
+                                                owners(editor, range(start, stop)))})
+    columns = ("block", "routed", "own_memory", "rel", "rel_memory_forced", "rel_no_gate")
     print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(row[c] if c == "block" else f"{row[c]:.3f}" for c in columns) + " |")

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -139,42 +140,69 @@ def test_multirun_writes_a_comparison_that_the_result_files_alone_regenerate(tin
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
-def test_diagnose_wise_bypasses_the_subject_gate_when_it_forces_the_memory(tiny_dir, tmp_path, monkeypatch):
-    """scripts/diagnose_wise.py tells a lost edit from a gated one: with a subject radius no query can reach,
-    nothing is routed and Rel is the unedited model's, while forcing the memory (router and gate bypassed)
-    shows what the side memory holds, and turning the gates off gives the run's own Rel back."""
-    import importlib.util
-    import subprocess
-    import sys
-
+def _wise_run(tiny_dir, tmp_path, extra: str = "") -> tuple[Path, dict]:
+    """A 3-edit WISE CLI run of the tiny model with the subject gate at radius 0 (every recall passes)."""
     model = tiny_dir.parent / "tiny-model"
     hp = tmp_path / "wise.yaml"
     hp.write_text(f"alg_name: WISE\nmodel_name: {model}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
                   "edit_lr: 0.1\noptimizer: adam\nn_iter: 20\nstop_loss: 0.0\nn_prefixes: 2\nprefix_length: 4\n"
                   "act_margin: [0.5, 3.0, 2.0]\nact_ratio: 0.8\nmerge_alg: sum\n"
-                  "subject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n")
+                  "subject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n" + extra)
     out = tmp_path / "run"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("run", overrides=["alg_name=WISE", "data=zsre", "ds_size=3", f"hparams_file={hp}",
                                         f"output_dir={out}", "progress=false", "eval_generation=false",
                                         "nloc=false", f"data_root={DATA}"])
     cli.run(cfg)
-    run = json.loads((out / "results.json").read_text())
+    return out, json.loads((out / "results.json").read_text())
+
+
+def _diagnose_wise(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    spec = importlib.util.spec_from_file_location("diagnose_wise", ROOT / "scripts" / "diagnose_wise.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_diagnose_wise_bypasses_the_subject_gate_when_it_forces_the_memory(tiny_dir, tmp_path, monkeypatch):
+    """scripts/diagnose_wise.py tells a lost edit from a gated one: with a subject radius no query can reach,
+    nothing is routed and Rel is the unedited model's, while forcing the memory (router and gate bypassed)
+    shows what the side memory holds, and turning the gates off gives the run's own Rel back."""
+    import subprocess
+    import sys
+
+    out, run = _wise_run(tiny_dir, tmp_path)
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "diagnose_wise.py"), str(out), "--blocks", "0:3"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads((out / "diagnose_edits_T3.json").read_text())["rows"][0]
-    assert row["routed"] == 1.0 and row["rel"] == pytest.approx(run["summary"]["rel"])
+    assert row["routed"] == 1.0 and row["own_memory"] == 1.0 and row["rel"] == pytest.approx(run["summary"]["rel"])
 
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("diagnose_wise", ROOT / "scripts" / "diagnose_wise.py")
-    diagnose_wise = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diagnose_wise)
+    diagnose_wise = _diagnose_wise(monkeypatch)
     editor = diagnose_wise.LifelongEditor.from_saved(out / "edits")
     editor.method.gate.radius = 2.0  # a cosine never reaches it: the gate now refuses every row
     requests = run["requests"]
-    gated = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests])
-    assert gated["routed"] == 0.0
+    gated = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
+                                   [0, 0, 0])
+    assert gated["routed"] == 0.0 and gated["own_memory"] == 0.0
     assert gated["rel"] < run["summary"]["rel"] - 0.2
     assert gated["rel_memory_forced"] > gated["rel"] + 0.2
     assert gated["rel_no_gate"] == pytest.approx(run["summary"]["rel"])
+
+
+def test_diagnose_wise_forces_each_edit_onto_its_own_memory_in_retrieve_mode(tiny_dir, tmp_path, monkeypatch):
+    """WISE-Retrieve with a memory per edit: each edit is filed under, routed to and forced onto its own memory
+    (forcing the newest memory on every edit would score the first two against the third's memory)."""
+    out, run = _wise_run(tiny_dir, tmp_path, "retrieve: true\nsave_freq: 1\nmerge_freq: 1\n")
+    diagnose_wise = _diagnose_wise(monkeypatch)
+    editor = diagnose_wise.LifelongEditor.from_saved(out / "edits")
+    own = diagnose_wise.owners(editor, range(3))
+    assert own == [0, 1, 2]
+    requests = run["requests"]
+    row = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests], own)
+    assert row["own_memory"] == 1.0 and row["rel"] == pytest.approx(run["summary"]["rel"])
+    assert row["rel_memory_forced"] == pytest.approx(row["rel"])
+    newest = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
+                                    [2, 2, 2])
+    assert newest["rel_memory_forced"] < row["rel"] - 0.2
