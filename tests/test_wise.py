@@ -167,6 +167,25 @@ def test_sum_merge_changes_nothing_served_and_every_covered_edit_still_scores(to
     assert served[4][2] == served[8][2] and served[4][2][-1] == 1.0  # the merge moved no score
 
 
+@pytest.mark.parametrize("gate", [{}, {"subject_params": "model.layers[0].mlp.down_proj.weight",
+                                         "subject_radius": 0.5}])
+def test_retrieve_serves_its_first_memory_as_merge_mode_serves_the_same_edits(tok, gate):
+    """The shipped file moved from WISE-Merge to WISE-Retrieve with a memory per 100 edits; the README's T=100
+    rows rely on both giving the same answers up to the first memory's end (the new, empty memory never answers),
+    with the subject gate (which picks the memory in retrieve mode) and without."""
+    outputs = {}
+    for retrieve in (False, True):
+        editor = LifelongEditor(wise_hp(retrieve=retrieve, save_freq=4, merge_freq=4 if retrieve else 8,
+                                        mask_ratio=1.0, protect=10.0, **gate), model=tiny_llama(), tok=tok)
+        editor.edit_requests(REQUESTS[:4], sequential_edit=True, progress=False)
+        side = editor.method.memory
+        scores = [r["rewrite_acc"] for r in editor.score(REQUESTS[:4], [None] * 4)]
+        outputs[retrieve] = (side.change(0).clone(), scores, routes(editor, [r["prompt"] for r in REQUESTS[:4]]))
+        assert len(side.memories) == (2 if retrieve else 1)
+    assert torch.equal(outputs[True][0], outputs[False][0])
+    assert outputs[True][1:] == outputs[False][1:] and set(outputs[True][2]) == {0}
+
+
 def test_ties_shards_wait_unserved_and_train_on_the_merged_memory_alone(tok, monkeypatch):
     """merge_alg: ties (the paper's). A finished shard is not served before its merge, the next shard trains on
     the merged memory alone, and the threshold is calibrated on the edits the memory serves."""
