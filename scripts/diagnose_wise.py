@@ -45,12 +45,10 @@ def swapped(obj: object, name: str, value: object) -> Iterator[None]:
 
 
 def owners(editor: LifelongEditor, positions: range) -> list[int]:
-    """The memory holding each edit: as the subject gate filed it, else one memory per ``merge_freq`` edits
-    (WISE-Retrieve) or the one memory (WISE-Merge)."""
-    hp, gate = editor.hparams, editor.method.gate
-    if gate is not None:
-        return [int(gate.groups[position]) for position in positions]
-    return [position // hp.merge_freq if hp.retrieve else 0 for position in positions]
+    """The memory holding each edit, read from the side memories' own record of the edits each holds (in
+    stream order: WISE-Retrieve fills one memory after the other, WISE-Merge has one)."""
+    held = [m for m, memory in enumerate(editor.method.memory.memories) for _ in memory.edit_keys]
+    return [held[position] for position in positions]
 
 
 def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str], own: list[int]) -> dict[str, float]:

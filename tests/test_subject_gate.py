@@ -26,9 +26,9 @@ class Everything:
         return keys.new_zeros(*keys.shape[:2], 64)  # tiny_llama's hidden size
 
 
-def gated(radius: float = 0.9):
+def gated(radius: float = 0.9, memory=None):
     model, tok = tiny_llama(), byte_tokenizer()
-    gate = SubjectGate(model, tok, EARLY, radius, Everything())
+    gate = SubjectGate(model, tok, EARLY, radius, memory or Everything())
     site = resolve_site(model, CASE_SITE)
     layer = RoutedLinear(site.linear, gate)
     site.replace(layer)
@@ -160,12 +160,7 @@ class Admits:
                                                 ([[True, True], [False, True]], [MAIN, 0]),
                                                 ([[False, False], [True, True]], [1, MAIN])])
 def test_the_gate_picks_the_admitted_memory_filing_the_subject_a_row_names(admitted, expected):
-    model, tok = tiny_llama(), byte_tokenizer()
-    gate = SubjectGate(model, tok, EARLY, 0.9, Admits(admitted))
-    site = resolve_site(model, CASE_SITE)
-    layer = RoutedLinear(site.linear, gate)
-    site.replace(layer)
-    layer.watch(model.get_decoder())
+    model, tok, gate, layer = gated(memory=Admits(admitted))
     gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 0)
     gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 1)
     assert decide(model, tok, layer, ["Who wrote Hamlet?", "Where is Kyoto?"]) == expected

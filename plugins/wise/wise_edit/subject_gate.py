@@ -48,6 +48,7 @@ class SubjectGate:
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, subject_params: str, radius: float,
                  memory: Memory):
         self.model, self.tok, self.radius, self.memory = model, tok, radius, memory
+        self._admitting = isinstance(memory, Admitting)  # decided once: the memory is fixed for the gate's life
         self.site = resolve_site(model, subject_params)
         weight = self.site.linear.weight
         self.index = TokenIndex(weight.shape[1], weight.device)
@@ -98,7 +99,7 @@ class SubjectGate:
         if seen is None or seen.shape[:2] != mask.shape or not self.index.count:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
         recall = self.index.match(seen.float(), mask)  # (B, edits)
-        if isinstance(self.memory, Admitting):
+        if self._admitting:
             return self._pick(recall, self.memory.admitted(keys, mask))
         route = self.memory.route(keys, mask)
         best = recall.masked_fill(self.groups[None, :] != route[:, None], -1.0).amax(1)

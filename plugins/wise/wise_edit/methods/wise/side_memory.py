@@ -138,33 +138,34 @@ class SideMemory:
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        scores, limits = self._scores(keys, mask)
-        if scores is None:
+        scored = self._scores(keys, mask)
+        if scored is None:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
-        return select(scores, limits)
+        return select(*scored)
 
     def admitted(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(M, B) bool: which memories would answer each row (score at or above threshold; match gate passed).
 
         The subject gate picks among them the memory holding the subject the row names
         (:class:`wise_edit.subject_gate.SubjectGate`)."""
-        scores, limits = self._scores(keys, mask)
-        if scores is None:
+        scored = self._scores(keys, mask)
+        if scored is None:
             return torch.zeros(0, keys.shape[0], dtype=torch.bool, device=keys.device)
+        scores, limits = scored
         return scores >= limits[:, None]
 
-    def _scores(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _scores(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(M, B) each memory's activation score of each row (-inf where the match gate refuses) and (M,) the
-        memories' thresholds."""
+        memories' thresholds; None while no memory is open."""
         self.settle()
-        limits = torch.tensor([m.threshold for m in self.memories], dtype=keys.dtype, device=keys.device)
         if self._changes is None:
-            return None, limits
+            return None
         read = self.read(keys)
         scores = torch.stack([activation_scores(read, d, mask, self.relative_scores) for d in self._changes])
+        limits = torch.tensor([m.threshold for m in self.memories], dtype=scores.dtype, device=scores.device)
         if self.match_radius is not None:
             scores = torch.where(self.matches(keys, mask) >= self.match_radius, scores, -float("inf"))
-        return scores, limits.to(scores.dtype)
+        return scores, limits
 
     def matches(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(M, B) how well each row recalls the best-recalled edit of each memory (-1 for an empty memory)."""
