@@ -170,8 +170,8 @@ def test_sum_merge_changes_nothing_served_and_every_covered_edit_still_scores(to
 @pytest.mark.parametrize("gate", [{}, {"subject_params": "model.layers[0].mlp.down_proj.weight",
                                          "subject_radius": 0.5}])
 def test_retrieve_serves_its_first_memory_as_merge_mode_serves_the_same_edits(tok, gate):
-    """The shipped file moved from WISE-Merge to WISE-Retrieve with a memory per 100 edits; the README's T=100
-    rows rely on both giving the same answers up to the first memory's end (the new, empty memory never answers),
+    """The shipped file moved from WISE-Merge to WISE-Retrieve with a memory per 25 edits; the README's T=1 and
+    T=10 rows rely on both giving the same answers up to the first memory's end (the new, empty memory never answers),
     with the subject gate (which picks the memory in retrieve mode) and without."""
     outputs = {}
     for retrieve in (False, True):
