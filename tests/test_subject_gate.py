@@ -5,6 +5,7 @@ import torch
 
 from wise_edit import HyperParams, LifelongEditor
 from wise_edit.errors import EditStateError
+from wise_edit.methods.memoir.residual_memory import ResidualMemory
 from wise_edit.request import EditRequest
 from wise_edit.routing import MAIN, RoutedLinear
 from wise_edit.sites import resolve_site
@@ -177,3 +178,31 @@ def _keys_and_mask(editor, prompts: list[str]) -> tuple[torch.Tensor, torch.Tens
     finally:
         hook.remove()
     return seen["keys"], batch.attention_mask
+
+
+def test_memoir_passes_the_row_to_the_subjects_edit_among_all_masks_it_overlaps():
+    """MEMOIR's residual memory is Admitting: every stored mask the row's mask overlaps by ``irr_threshold``
+    may answer, and the gate picks the edit filing the row's subject, not the best-overlapping mask (another
+    edit's, once many edits of one question form are stored; before, the gate then refused the row)."""
+    shape = resolve_site(tiny_llama(), CASE_SITE).linear.weight.shape
+    memory = ResidualMemory(shape, torch.device("cpu"), top_k=8, irr_threshold=0.25, seed=0)
+    memory.hash.background = torch.zeros(shape[1])
+    model, tok, gate, layer = gated(memory=memory)
+    seen = {}
+    hook = layer.base.register_forward_hook(lambda m, args, out: seen.update(keys=args[0].detach()))
+    batch = encode_batch(tok, ["Who wrote Hamlet?"], [None], side="left")
+    with torch.no_grad():
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    hook.remove()
+    hamlet = memory.hash.masks(seen["keys"], batch.attention_mask.bool())[0]
+    half = hamlet.clone()
+    half[hamlet.nonzero()[:4, 0]] = False  # overlaps the row by 4 of 8 bits: admitted, not the best
+    half[(~hamlet).nonzero()[:4, 0]] = True
+    memory.db.add(torch.stack([half, hamlet]))
+    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 1)
+    assert memory.route(seen["keys"], batch.attention_mask.bool()).tolist() == [1]  # the best overlap: Kyoto's
+    assert memory.admitted(seen["keys"], batch.attention_mask.bool())[:, 0].tolist() == [True, True]
+    assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [0]
+    memory.irr_threshold = 0.75  # Hamlet's edit no longer overlaps enough: nothing the row names may answer
+    assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [MAIN]

@@ -75,7 +75,7 @@ class Memory(Protocol):
 
 @runtime_checkable
 class Admitting(Memory, Protocol):
-    """A memory with several route values that can each answer a row (WISE-Retrieve's memories)."""
+    """A memory with several route values that can each answer a row (WISE-Retrieve's memories, MEMOIR's edits)."""
 
     def admitted(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(G, B) bool: which route values ``0..G-1`` would answer each row."""

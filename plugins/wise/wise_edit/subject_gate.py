@@ -40,7 +40,7 @@ class SubjectGate:
     ``memory`` routes a row to a value (a memory for WISE, a stored edit for MEMOIR); every held edit is filed
     under the route value that serves it (:meth:`hold`), and a row keeps its route only if it recalls the
     subject of an edit filed under it. A memory that can tell which of its route values would answer a row
-    (:class:`~wise_edit.routing.Admitting`: WISE's side memories) leaves the choice to the gate: of those, the
+    (:class:`~wise_edit.routing.Admitting`: WISE's side memories, MEMOIR's stored masks) leaves the choice to the gate: of those, the
     one filing the subject the row recalls best. The early keys of a query are read by a hook during the same decoder
     call; a call of the edited layer outside a decoder call has none, and then the memory does not answer.
     """

@@ -1,14 +1,15 @@
 """MEMOIR's residual memory: ``W a + W_m (M ⊙ a)`` where ``M`` is the stored mask the query matches best.
 
 ``W_m`` starts at zero and each edit writes only its own mask's columns. A query whose mask overlaps no
-stored mask by ``irr_threshold`` skips the memory, so its output is exactly the original model's.
+stored mask by ``irr_threshold`` skips the memory, so its output is exactly the original model's. With a subject
+gate, the gate chooses among the stored masks the query overlaps (``admitted``) instead of the best overlap.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ...errors import EditStateError, check_shape
+from ...errors import check_shape
 from ...routing import MAIN
 from ...training.protection import KeyProtection
 from .mask_db import MaskDatabase
@@ -23,21 +24,24 @@ class ResidualMemory:
         self.db = MaskDatabase(shape[1], device)
         self.protection = KeyProtection(shape[1], protect, device)
         self.irr_threshold = irr_threshold
-        self._masks: torch.Tensor | None = None  # the routed rows' stored masks, from the last ``route``
 
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if len(self.db) == 0:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
         index, overlap = self.db.best(self.hash.masks(keys, mask))
         fires = overlap.float() / self.hash.top_k >= self.irr_threshold
-        route = torch.where(fires, index, torch.full_like(index, MAIN))
-        self._masks = self.db.unpack(route.clamp(min=0))
-        return route
+        return torch.where(fires, index, torch.full_like(index, MAIN))
+
+    def admitted(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(N, B): which stored edits' masks each row's mask overlaps by ``irr_threshold``.
+
+        The best-overlapping mask is often another edit's once many edits of one question form are stored, so a
+        subject gate chooses among all of them (:class:`~wise_edit.routing.Admitting`)."""
+        overlaps = self.db.overlaps(self.hash.masks(keys, mask))  # (B, N)
+        return (overlaps.float() / self.hash.top_k >= self.irr_threshold).T
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
-        if self._masks is None:
-            raise EditStateError("MEMOIR residual memory: delta() called before route() chose the stored masks")
-        gate = self._masks & (route != MAIN)[:, None]
+        gate = self.db.unpack(route.clamp(min=0)) & (route != MAIN)[:, None]
         return (keys * gate[:, None, :].to(keys.dtype)) @ self.weight.T
 
     def state_dict(self) -> dict[str, torch.Tensor]:
