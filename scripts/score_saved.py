@@ -10,6 +10,10 @@ the run's probes, and the per-block retention), and writes ``<run>/score_<state>
 not finished (no ``results.json`` yet: still running, or stopped) is read from the configuration the CLI
 saved when it started (``<run>/.hydra/config.yaml``); its data files are then not checked against recorded
 hashes, and the output says so.
+
+``--set KEY=VALUE`` (repeatable) scores the state with a hyperparameter changed, for settings that change no
+trained weight (a routing threshold such as MEMOIR's ``irr_threshold``, a gate's ``subject_radius``): one
+saved dev stream then gives a whole sweep. The output file's name and its ``hparams_overrides`` say what was set.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import dataclasses
 import statistics
 import time
 from pathlib import Path
+
+import yaml
 
 from run_lifelong_editing import saved_run_data
 from wise_edit import HyperParams, LifelongEditor
@@ -33,6 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="output_dir of a sequential CLI run")
     parser.add_argument("--state", choices=["checkpoint", "edits"], default="edits")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="score with this hyperparameter changed (one that changes no trained weight)")
     args = parser.parse_args()
     run = Path(args.run)
     start = time.perf_counter()
@@ -40,7 +48,8 @@ def main() -> None:
     meta = read_record(state)
     k = len(meta["edit_log"])
     dataset, probes, chat, verified = saved_run_data(run, k)
-    editor = LifelongEditor(HyperParams.from_dict(meta["hparams"], source=str(state)))
+    overrides = parse_overrides(args.overrides, meta["hparams"])
+    editor = LifelongEditor(HyperParams.from_dict({**meta["hparams"], **overrides}, source=str(state)))
     requests = dataset.requests
     given = [r.prompt for r in requests]
     if chat:  # the run edited, routed and scored every question in the chat template: so does its scoring
@@ -58,12 +67,27 @@ def main() -> None:
     summary = summarize(results, fmt.rephrase_name)
     if probes:
         summary["nloc"] = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))
-    out = run / f"score_{args.state}_T{k}.json"
+    out = run / ("_".join([f"score_{args.state}_T{k}", *(f"{key}-{value}" for key, value in overrides.items())])
+                 + ".json")
     write_json(out, {"summary": summary, "blocks": by_block(results, fmt.rephrase_name), "requests": results,
                      "state": str(state), "edits": k, "data_hashes_checked": verified, "alg_name": meta["alg_name"],
-                     "code_version": code_version(), "seconds": time.perf_counter() - start})
+                     "hparams_overrides": overrides, "code_version": code_version(),
+                     "seconds": time.perf_counter() - start})
     print(markdown_table([{"method": meta["alg_name"], "T": k, **summary}]))
     print(f"written {out}")
+
+
+def parse_overrides(pairs: list[str], hparams: dict) -> dict:
+    """``["irr_threshold=0.4"]`` -> ``{"irr_threshold": 0.4}``; a key the run's hyperparameters lack is refused."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --set {pair!r}: expected KEY=VALUE")
+        if key not in hparams:
+            raise SystemExit(f"error: --set {pair!r}: the run's hyperparameters have no key {key!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
 
 
 if __name__ == "__main__":

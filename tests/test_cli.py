@@ -94,6 +94,24 @@ def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path, chat):
     assert unfinished["summary"] == scored["summary"] and unfinished["data_hashes_checked"] is False
 
 
+def test_score_saved_overrides_parse_values_and_refuse_unknown_keys(monkeypatch):
+    """``score_saved.py --set``: a typo must not score the unchanged state under another name."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    monkeypatch.setitem(sys.modules, "run_lifelong_editing", cli)
+    spec = importlib.util.spec_from_file_location("score_saved", ROOT / "scripts" / "score_saved.py")
+    score_saved = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score_saved)
+    hparams = {"irr_threshold": 0.5, "subject_radius": 0.5}
+    assert score_saved.parse_overrides(["irr_threshold=0.4", "subject_radius=null"], hparams) == {
+        "irr_threshold": 0.4, "subject_radius": None}
+    with pytest.raises(SystemExit, match="no key 'irr_treshold'"):
+        score_saved.parse_overrides(["irr_treshold=0.4"], hparams)
+    with pytest.raises(SystemExit, match="expected KEY=VALUE"):
+        score_saved.parse_overrides(["irr_threshold"], hparams)
+
+
 def test_hparams_overrides_become_add_or_set():
     assert cli._allow_hparams_overrides(["alg_name=WISE", "hparams.edit_lr=0.5"]) == [
         "alg_name=WISE", "++hparams.edit_lr=0.5"]
