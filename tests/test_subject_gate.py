@@ -1,6 +1,7 @@
 """The subject gate: a routed memory answers only rows that name the subject of an edit it would answer with."""
 
 import pytest
+from safetensors.torch import load_file, save_file
 import torch
 
 from wise_edit import HyperParams, LifelongEditor
@@ -60,7 +61,7 @@ def test_the_subject_span_covers_the_subject_tokens_of_its_last_occurrence(text,
 def test_the_gate_passes_rows_naming_a_held_subject_and_blocks_the_rest():
     model, tok, gate, layer = gated()
     assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [MAIN]  # nothing held yet
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 0)
     # the same prompt alone and inside a padded batch, then a question of the same form about something else
     assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [0]
     assert decide(model, tok, layer, ["Who wrote Hamlet?", "Who wrote Zola's Germinal?"]) == [0, MAIN]
@@ -69,19 +70,19 @@ def test_the_gate_passes_rows_naming_a_held_subject_and_blocks_the_rest():
 
 def test_a_row_keeps_its_route_only_for_an_edit_filed_under_that_route():
     model, tok, gate, layer = gated()
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 3)  # served by memory 3, not 0
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 3)  # served by memory 3, not 0
     assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [MAIN]
 
 
 def test_the_radius_decides_how_close_a_subject_must_be():
     model, tok, gate, layer = gated(radius=-1.0)  # every recall passes
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 0)
     assert decide(model, tok, layer, ["Where is Kyoto?"]) == [0]
 
 
 def test_a_call_of_the_edited_layer_outside_the_decoder_is_not_answered():
     model, tok, gate, layer = gated(radius=-1.0)
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 0)
     with torch.no_grad():
         layer(torch.randn(1, 3, layer.base.in_features))
     assert layer.last_route.tolist() == [MAIN]
@@ -93,13 +94,13 @@ def test_a_call_of_the_edited_layer_outside_the_decoder_is_not_answered():
 def test_an_edit_without_its_subject_in_the_prompt_is_refused(subject, error, message):
     _, _, gate, _ = gated()
     with pytest.raises(error, match=message):
-        gate.subject_keys(request("Who wrote Hamlet?", subject, case_id=7))
+        gate.filing(request("Who wrote Hamlet?", subject, case_id=7))
 
 
 def test_the_state_round_trips_and_a_gateless_state_is_refused():
     model, tok, gate, layer = gated()
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
-    gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 0)
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.filing(request("Where is Kyoto?", "Kyoto")), 0)
     state = gate.state_dict()
     fresh_model, _, fresh, fresh_layer = gated()
     fresh.load_state_dict(state)
@@ -162,8 +163,8 @@ class Admits:
                                                 ([[False, False], [True, True]], [1, MAIN])])
 def test_the_gate_picks_the_admitted_memory_filing_the_subject_a_row_names(admitted, expected):
     model, tok, gate, layer = gated(memory=Admits(admitted))
-    gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 0)
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 1)
+    gate.hold(gate.filing(request("Where is Kyoto?", "Kyoto")), 0)
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 1)
     assert decide(model, tok, layer, ["Who wrote Hamlet?", "Where is Kyoto?"]) == expected
 
 
@@ -199,10 +200,66 @@ def test_memoir_passes_the_row_to_the_subjects_edit_among_all_masks_it_overlaps(
     half[hamlet.nonzero()[:4, 0]] = False  # overlaps the row by 4 of 8 bits: admitted, not the best
     half[(~hamlet).nonzero()[:4, 0]] = True
     memory.db.add(torch.stack([half, hamlet]))
-    gate.hold(gate.subject_keys(request("Who wrote Hamlet?", "Hamlet")), 0)
-    gate.hold(gate.subject_keys(request("Where is Kyoto?", "Kyoto")), 1)
+    gate.hold(gate.filing(request("Who wrote Hamlet?", "Hamlet")), 0)
+    gate.hold(gate.filing(request("Where is Kyoto?", "Kyoto")), 1)
     assert memory.route(seen["keys"], batch.attention_mask.bool()).tolist() == [1]  # the best overlap: Kyoto's
     assert memory.admitted(seen["keys"], batch.attention_mask.bool())[:, 0].tolist() == [True, True]
     assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [0]
     memory.irr_threshold = 0.75  # Hamlet's edit no longer overlaps enough: nothing the row names may answer
     assert decide(model, tok, layer, ["Who wrote Hamlet?"]) == [MAIN]
+
+
+ONE_SUBJECT = ["Kyoto is old.", "Kyoto is old. It has many temples."]  # the second continues the first
+
+
+def _one_subject_twice(tie: float):
+    model, tok, gate, layer = gated(memory=Admits([[True, True], [True, True]]))
+    gate.tie = tie
+    for group, prompt in enumerate(ONE_SUBJECT):
+        gate.hold(gate.filing(request(prompt, "Kyoto")), group)
+    return model, tok, gate, layer
+
+
+def test_edits_of_one_subject_are_told_apart_by_their_whole_prompts():
+    """Both prompts start with the subject, so its keys are the same in both and recall ties; the row goes to
+    the edit whose prompt it agrees with both ways (the longer prompt recalls all of the shorter one's tokens)."""
+    model, tok, gate, layer = _one_subject_twice(tie=0.05)
+    assert decide(model, tok, layer, ONE_SUBJECT) == [0, 1]
+    assert decide(model, tok, layer, ONE_SUBJECT[::-1]) == [1, 0]
+    assert decide(model, tok, layer, ["Where is Paris?"]) == [MAIN]  # the tie-break never admits a row
+
+
+def test_without_prompt_keys_recall_alone_decides_and_the_edit_log_restores_them():
+    model, tok, gate, layer = _one_subject_twice(tie=0.05)
+    state = {k: v for k, v in gate.state_dict().items() if ".prompt_keys." not in k}  # as older code saved it
+    fresh_model, _, fresh, fresh_layer = gated(memory=Admits([[True, True], [True, True]]))
+    fresh.tie = 0.05
+    fresh.load_state_dict(state)
+    assert decide(fresh_model, tok, fresh_layer, ONE_SUBJECT) == [0, 0]  # the first of the tied edits
+    with pytest.raises(EditStateError, match="holds 2 edits and the edit log 1"):
+        fresh.file_prompts(ONE_SUBJECT[:1])
+    fresh.file_prompts(ONE_SUBJECT)
+    assert decide(fresh_model, tok, fresh_layer, ONE_SUBJECT) == [0, 1]
+    for key, value in gate.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=1e-6)
+
+
+def test_a_saved_editor_reads_missing_prompt_keys_from_its_edit_log(tmp_path):
+    hparams = HyperParams.from_dict({**COMMON, **CASES["MEMOIR"], "model_name": "tiny", "subject_params": EARLY,
+                                     "subject_tie": 0.05})
+    editor = LifelongEditor(hparams, model=tiny_llama(), tok=byte_tokenizer())
+    editor.edit(prompts=ONE_SUBJECT, target_new=["Zola", "Peru"], subject=["Kyoto"] * 2,
+                loc_prompts=["nq question: largest ocean Pacific"] * 2, sequential_edit=True)
+    editor.save(tmp_path)
+    state = load_file(tmp_path / "edits.safetensors")
+    save_file({k: v for k, v in state.items() if ".prompt_keys." not in k}, tmp_path / "edits.safetensors")
+    loaded = LifelongEditor.from_saved(tmp_path, model=tiny_llama(), tok=byte_tokenizer())
+    for k, keys in enumerate(editor.method.gate.prompts):
+        torch.testing.assert_close(loaded.method.gate.prompts[k], keys, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("tie", [-0.1, 2.5])
+def test_a_tie_outside_zero_to_two_is_refused(tie):
+    with pytest.raises(Exception, match="subject_tie"):
+        HyperParams.from_dict({**COMMON, **CASES["MEMOIR"], "model_name": "tiny", "subject_params": EARLY,
+                               "subject_tie": tie})

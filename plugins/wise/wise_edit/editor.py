@@ -119,6 +119,10 @@ class LifelongEditor:
             raise EditStateError(f"{directory / STATE_FILE}: {exc}") from None
         self.method.load_extra_state(record.get("method_state", {}))
         self.edit_log = list(record["edit_log"])
+        try:
+            self.method.read_edit_log([entry["prompt"] for entry in self.edit_log])
+        except EditStateError as exc:
+            raise EditStateError(f"{directory / STATE_FILE}: {exc}") from None
         return record
 
     def edit(self, prompts: Sequence[str], target_new: Sequence[str], rephrase_prompts: Sequence[str] | None = None,

@@ -230,6 +230,9 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
     subject_params: Union[str, None] = None
     #: least recall of an edit's subject tokens for the memory to answer a query with that edit
     subject_radius: float = 0.5
+    #: edits whose subject a query recalls within this of the best are told apart by their whole prompts
+    #: (:func:`wise_edit.subject_gate.agreement`): one subject edited more than once
+    subject_tie: float = 0.0
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -237,6 +240,9 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
         if not -1 <= self.subject_radius <= 1:
             raise HyperParamsError(f"{source}: key 'subject_radius' is a cosine, in [-1, 1]; "
                                    f"got {self.subject_radius}")
+        if not 0 <= self.subject_tie <= 2:
+            raise HyperParamsError(f"{source}: key 'subject_tie' is a difference of cosines, in [0, 2]; "
+                                   f"got {self.subject_tie}")
         if self.background_from not in ("loc_prompt", "negative_prompt"):
             raise HyperParamsError(f"{source}: key 'background_from' must be 'loc_prompt' or 'negative_prompt', "
                                    f"got {self.background_from!r}")

@@ -14,11 +14,21 @@ least ``subject_radius``. Otherwise the row goes to the unedited model.
 Dev stream (ZsRE train records 0-99 as edits, their rephrasings, neighbours from records 400-499; SmolLM2,
 layer 4's ``down_proj`` input): every rephrasing recalls its own subject at least 0.56 (median 0.92), and no
 neighbour recalls any of the 100 subjects above 0.40 (median 0.31).
+
+Several edits can name one subject (ZsRE's edit file asks about one subject up to five times, often with
+different targets; Hallucination corrects several passages of one person, each prompt the previous one
+continued). Their subject keys are alike -- identical when the prompts share the text before the subject -- so
+subject recall cannot tell which of them a query asks about. Among the edits a row recalls within
+``subject_tie`` of its best, the gate takes the one whose whole prompt agrees best with the row's query
+(:func:`agreement`: both texts' tokens recalled by the other, at the same early matrix).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -34,6 +44,26 @@ class SubjectError(ValueError):
     """An edit cannot be gated on its subject (none given, or not in its prompt)."""
 
 
+@dataclass(frozen=True)
+class Filing:
+    """What the gate keeps of one edit: the early keys (S, d) at its subject's tokens and at all its prompt's."""
+
+    subject: torch.Tensor
+    prompt: torch.Tensor
+
+
+def agreement(query: torch.Tensor, prompts: list[torch.Tensor]) -> torch.Tensor:
+    """(E,) how well a query's unit keys (S, d) and each edit prompt's unit keys (S_e, d) agree: the smaller of
+    the mean best cosine of the prompt's tokens in the query and of the query's tokens in the prompt.
+
+    Both ways, so a query that is a held prompt continued (or cut short) prefers the prompt it equals."""
+    scores = []
+    for prompt in prompts:
+        cosines = query @ prompt.T
+        scores.append(torch.minimum(cosines.amax(0).mean(), cosines.amax(1).mean()))
+    return torch.stack(scores)
+
+
 class SubjectGate:
     """A :class:`~wise_edit.routing.Memory` that passes ``memory``'s decision on only for rows naming its subject.
 
@@ -46,13 +76,14 @@ class SubjectGate:
     """
 
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, subject_params: str, radius: float,
-                 memory: Memory):
-        self.model, self.tok, self.radius, self.memory = model, tok, radius, memory
+                 memory: Memory, tie: float = 0.0):
+        self.model, self.tok, self.radius, self.memory, self.tie = model, tok, radius, memory, tie
         self._admitting = isinstance(memory, Admitting)  # decided once: the memory is fixed for the gate's life
         self.site = resolve_site(model, subject_params)
         weight = self.site.linear.weight
         self.index = TokenIndex(weight.shape[1], weight.device)
         self.keys: list[torch.Tensor] = []  # (S_i, d) subject keys of each held edit, as read (the index normalises)
+        self.prompts: list[torch.Tensor] = []  # (P_i, d) unit keys of each held edit's whole prompt
         self.groups = torch.zeros(0, dtype=torch.long, device=weight.device)  # the route value serving each edit
         self._seen: torch.Tensor | None = None
         self.site.linear.register_forward_pre_hook(self._see)
@@ -73,11 +104,16 @@ class SubjectGate:
                                "or set subject_params: null)")
         return subject_span(self.tok, request.prompt, request.subject, where)
 
-    @torch.no_grad()
-    def subject_keys(self, request: EditRequest) -> torch.Tensor:
-        """(S, d) the early keys at the subject's tokens of ``request``'s prompt."""
+    def filing(self, request: EditRequest) -> Filing:
+        """The early keys of ``request``'s prompt, at its subject's tokens and at all of them."""
         start, end = self.check(request)
-        ids = self.tok(request.prompt, return_tensors="pt")["input_ids"].to(self.model.device)
+        keys = self.prompt_keys(request.prompt)
+        return Filing(subject=keys[start:end].clone(), prompt=keys)
+
+    @torch.no_grad()
+    def prompt_keys(self, prompt: str) -> torch.Tensor:
+        """(S, d) the early keys at every token of ``prompt``."""
+        ids = self.tok(prompt, return_tensors="pt")["input_ids"].to(self.model.device)
         seen: dict[str, torch.Tensor] = {}
         hook = self.site.linear.register_forward_hook(lambda m, args, out: seen.update(keys=args[0].detach()))
         try:
@@ -85,13 +121,21 @@ class SubjectGate:
                 run_through(self.model, self.site.layer, input_ids=ids)
         finally:
             hook.remove()
-        return seen["keys"][0, start:end].float().clone()
+        return seen["keys"][0].float().clone()
 
-    def hold(self, keys: torch.Tensor, group: int) -> None:
-        """File one edit's subject keys (S, d) under the route value ``group`` that serves it."""
-        self.keys.append(keys)
-        self.index.add(keys, keys.new_ones(keys.shape[0]))
+    def hold(self, filing: Filing, group: int) -> None:
+        """File one edit under the route value ``group`` that serves it."""
+        self.keys.append(filing.subject)
+        self.prompts.append(F.normalize(filing.prompt, dim=-1))
+        self.index.add(filing.subject, filing.subject.new_ones(filing.subject.shape[0]))
         self.groups = torch.cat([self.groups, self.groups.new_tensor([group])])
+
+    def file_prompts(self, prompts: list[str]) -> None:
+        """Read the prompt keys of the held edits from their prompts (in the order held), for a state saved
+        before the gate kept them."""
+        if len(prompts) != len(self.keys):
+            raise EditStateError(f"the subject gate holds {len(self.keys)} edits and the edit log {len(prompts)}")
+        self.prompts = [F.normalize(self.prompt_keys(prompt), dim=-1) for prompt in prompts]
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -100,23 +144,36 @@ class SubjectGate:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
         recall = self.index.match(seen.float(), mask)  # (B, edits)
         if self._admitting:
-            return self._pick(recall, self.memory.admitted(keys, mask))
+            return self._pick(recall, self.memory.admitted(keys, mask), seen, mask)
         route = self.memory.route(keys, mask)
         best = recall.masked_fill(self.groups[None, :] != route[:, None], -1.0).amax(1)
         return torch.where(best >= self.radius, route, torch.full_like(route, MAIN))
 
-    def _pick(self, recall: torch.Tensor, admitted: torch.Tensor) -> torch.Tensor:
-        """(B,) among the route values that would answer a row (``admitted``, (G, B)), the one filing the subject
-        the row recalls best, if it recalls it by ``radius``; else ``MAIN``.
+    def _pick(self, recall: torch.Tensor, admitted: torch.Tensor, seen: torch.Tensor,
+              mask: torch.Tensor) -> torch.Tensor:
+        """(B,) among the route values that would answer a row (``admitted``, (G, B)), the one filing the edit
+        whose subject the row recalls best, if by ``radius``; else ``MAIN``. Edits recalled within ``tie`` of the
+        best (one subject asked about more than once) are told apart by :func:`agreement` of their prompts.
 
         With several memories (WISE-Retrieve) the memory whose activation score is highest is often not the one
         that holds the edit: the scores of a memory of 100 similar questions say little about which of them is
         asked. The subject says it."""
-        rows, groups = recall.shape[0], admitted.shape[0]
-        per_group = recall.new_full((rows, groups), -1.0).scatter_reduce(
-            1, self.groups[None, :].expand(rows, -1), recall, "amax")
-        best, group = per_group.masked_fill(~admitted.T, -1.0).max(1)
-        return torch.where(best >= self.radius, group, torch.full_like(group, MAIN))
+        allowed = admitted.T[:, self.groups] & (recall >= self.radius)  # (B, edits)
+        recall = recall.masked_fill(~allowed, -1.0)
+        best, edit = recall.max(1)
+        route = torch.where(best >= self.radius, self.groups[edit], torch.full_like(edit, MAIN))
+        close = allowed & (recall >= best[:, None] - self.tie)
+        close_groups = self.groups[None, :].expand_as(close)
+        split = (close_groups.masked_fill(~close, -1).amax(1)
+                 != close_groups.masked_fill(~close, 1 << 62).amin(1)) & (best >= self.radius)
+        if len(self.prompts) != len(self.keys):  # a state saved without prompt keys: recall alone decides
+            return route
+        for row in split.nonzero()[:, 0].tolist():
+            candidates = close[row].nonzero()[:, 0]
+            query = F.normalize(seen[row, mask[row].bool()].float(), dim=-1)
+            scores = agreement(query, [self.prompts[k] for k in candidates.tolist()])
+            route[row] = self.groups[candidates[int(scores.argmax())]]
+        return route
 
     def delta(self, keys: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         return self.memory.delta(keys, route)
@@ -124,15 +181,20 @@ class SubjectGate:
     # --- state -----------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
         state = {f"subject.keys.{k}": keys.clone() for k, keys in enumerate(self.keys)}
+        state.update({f"subject.prompt_keys.{k}": keys.clone() for k, keys in enumerate(self.prompts)})
         return {**state, "subject.groups": self.groups.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         if "subject.groups" not in state:
             raise EditStateError("the saved state has no subject gate (it was made with subject_params: null)")
         weight = self.site.linear.weight
-        self.index, self.keys = TokenIndex(weight.shape[1], weight.device), []
+        self.index, self.keys, self.prompts = TokenIndex(weight.shape[1], weight.device), [], []
         self.groups = torch.zeros(0, dtype=torch.long, device=weight.device)
         for k, group in enumerate(state["subject.groups"].tolist()):
-            keys = state[f"subject.keys.{k}"]
-            check_shape(f"subject gate keys of edit {k}", keys, (keys.shape[0], weight.shape[1]))
-            self.hold(keys.clone().to(weight.device), group)
+            subject = state[f"subject.keys.{k}"]
+            prompt = state.get(f"subject.prompt_keys.{k}", subject.new_zeros(0, subject.shape[-1]))
+            for name, keys in (("keys", subject), ("prompt keys", prompt)):
+                check_shape(f"subject gate {name} of edit {k}", keys, (keys.shape[0], weight.shape[1]))
+            self.hold(Filing(subject.clone().to(weight.device), prompt.clone().to(weight.device)), group)
+        if "subject.prompt_keys.0" not in state:  # saved before the gate kept them: file_prompts reads them
+            self.prompts = []

@@ -50,6 +50,10 @@ class EditMethod(ABC):
         if state.get("prefixes") is not None:
             self._prefixes = list(state["prefixes"])
 
+    def read_edit_log(self, prompts: list[str]) -> None:
+        """The prompts of a loaded state's edits, in stream order, for what the state did not save (a state
+        saved by older code); default: nothing to read."""
+
     @property
     def site(self) -> EditSite:
         return self.sites[0]

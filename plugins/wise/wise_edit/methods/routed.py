@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..hparams import SharedMemoryHyperParams, TrainedEditHyperParams
 from ..request import EditRequest
 from ..routing import Memory, RoutedLinear
-from ..subject_gate import SubjectGate
+from ..subject_gate import Filing, SubjectGate
 from ..training.background import background_mean, background_texts
 from .base import EditMethod
 
@@ -31,7 +31,8 @@ class RoutedEditMethod(EditMethod):
         self.memory = self.build_memory(self.site.linear)
         subject_params = getattr(hparams, "subject_params", None)
         self.gate = None if subject_params is None else SubjectGate(model, tok, subject_params,
-                                                                    hparams.subject_radius, self.memory)
+                                                                    hparams.subject_radius, self.memory,
+                                                                    hparams.subject_tie)
         self.layer = RoutedLinear(self.site.linear, self.gate or self.memory)
         self.site.replace(self.layer)
         self.layer.watch(model.get_decoder())
@@ -53,16 +54,16 @@ class RoutedEditMethod(EditMethod):
             for request in requests:
                 self.gate.check(request)
 
-    def subject_keys(self, requests: list[EditRequest]) -> list[torch.Tensor]:
-        """The subject gate's keys of each request (none without a gate), read before training: a request the
-        gate cannot file fails before its edit is made."""
-        return [] if self.gate is None else [self.gate.subject_keys(request) for request in requests]
+    def filings(self, requests: list[EditRequest]) -> list[Filing]:
+        """What the subject gate keeps of each request (nothing without a gate), read before training: a request
+        the gate cannot file fails before its edit is made."""
+        return [] if self.gate is None else [self.gate.filing(request) for request in requests]
 
-    def hold_subjects(self, subjects: list[torch.Tensor], groups: list[int]) -> None:
-        """File each edit's subject keys under the route value that now serves it."""
+    def hold_subjects(self, filings: list[Filing], groups: list[int]) -> None:
+        """File each edit under the route value that now serves it."""
         if self.gate is not None:
-            for keys, group in zip(subjects, groups):
-                self.gate.hold(keys, group)
+            for filing, group in zip(filings, groups):
+                self.gate.hold(filing, group)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         gate = self.gate.state_dict() if self.gate is not None else {}
@@ -72,3 +73,7 @@ class RoutedEditMethod(EditMethod):
         self.memory.load_state_dict(state)
         if self.gate is not None:
             self.gate.load_state_dict(state)
+
+    def read_edit_log(self, prompts: list[str]) -> None:
+        if self.gate is not None and len(self.gate.prompts) != len(self.gate.keys):
+            self.gate.file_prompts(prompts)

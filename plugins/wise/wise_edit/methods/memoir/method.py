@@ -40,7 +40,7 @@ class MEMOIR(RoutedEditMethod):
 
     def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
-        subjects = self.subject_keys(requests)  # before any state changes: a request it refuses changes nothing
+        subjects = self.filings(requests)  # before any state changes: a request it refuses changes nothing
         self.prepare(requests)
         with phase("capture"):
             batch, _ = edit_batch(self.tok, requests, self.prefixes, include_loc=False, max_length=hp.max_length,

@@ -67,7 +67,7 @@ class WISE(RoutedEditMethod):
 
     def apply(self, requests: list[EditRequest]) -> dict[str, Any]:
         hp = self.hparams
-        subjects = self.subject_keys(requests)  # before any state changes: a request it refuses changes nothing
+        subjects = self.filings(requests)  # before any state changes: a request it refuses changes nothing
         self.prepare(requests)
         alpha, beta, gamma = hp.act_margin
         with phase("capture"):
