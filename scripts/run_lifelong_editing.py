@@ -73,7 +73,8 @@ def run_inputs(cfg: DictConfig) -> tuple:
 
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
-    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0))
+    dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0),
+                           cfg.data.get("first_record", 0))
     negatives = probes = None
     if cfg.data.get("negatives_path"):
         negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,

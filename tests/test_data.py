@@ -148,3 +148,18 @@ def test_loc_offset_draws_irrelevant_texts_past_the_streams_own_records():
     assert [r.irrelevant_text for r in ds.requests] == [f"{train[500 + i]['loc']} {train[500 + i]['loc_ans']}"
                                                       for i in range(3)]
     assert all(r.irrelevant_text != r.locality_question + " " + r.locality_answer for r in ds.requests)
+
+
+def test_first_record_starts_the_stream_later_in_the_file_and_is_recorded():
+    path = DATA / "hallucination/hallucination-train.json"
+    records = json.loads(path.read_text())
+    ds = load_dataset("hallucination", path, 3, path, loc_offset=200, first_record=100)
+    assert [r.prompt for r in ds.requests] == [records[100 + i]["prompt"] for i in range(3)]
+    assert [r.case_id for r in ds.requests] == [0, 1, 2]
+    assert ds.describe()["first_record"] == 100
+    assert "first_record" not in load_dataset("hallucination", path, 3).describe()
+    with pytest.raises(DataError, match="hallucination-train.json: ds_size=300 from record 100 but the file has "
+                                        "only 306 records"):
+        load_dataset("hallucination", path, 300, first_record=100)
+    with pytest.raises(DataError, match="first_record=306 but the file has 306 records"):
+        load_dataset("hallucination", path, 1, first_record=306)

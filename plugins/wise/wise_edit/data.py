@@ -132,22 +132,27 @@ def _text(record: Any, index: int, name: str, path: Path, may_be_empty: bool = F
 
 
 def load_dataset(
-    name: str, path: str | Path, ds_size: int | None = None, loc_path: str | Path | None = None, loc_offset: int = 0
+    name: str, path: str | Path, ds_size: int | None = None, loc_path: str | Path | None = None, loc_offset: int = 0,
+    first_record: int = 0,
 ) -> EditDataset:
-    """The first ``ds_size`` records of ``path`` as requests, ``loc_prompt`` drawn from ``loc_path`` in order
-    from record ``loc_offset`` on (a dev stream drawn from the train file sets it past its own records, so
-    its irrelevant training texts are not its own locality probes)."""
+    """``ds_size`` records of ``path`` from record ``first_record`` on as requests, ``loc_prompt`` drawn from
+    ``loc_path`` in order from record ``loc_offset`` on (a dev stream drawn from the train file sets it past its
+    own records, so its irrelevant training texts are not its own locality probes; ``first_record`` keeps a dev
+    stream off records that are another run's probes)."""
     if name not in FORMATS:
         raise DataError(f"unknown data format {name!r}; known: {sorted(FORMATS)}")
     fmt = FORMATS[name]
     path = Path(path)
     records = _read_records(path)
+    if not 0 <= first_record < len(records):
+        raise DataError(f"{path}: first_record={first_record} but the file has {len(records)} records")
     if ds_size is not None:
         if ds_size < 1:
             raise DataError(f"ds_size must be >= 1, got {ds_size}")
-        if ds_size > len(records):
-            raise DataError(f"{path}: ds_size={ds_size} but the file has only {len(records)} records")
-        records = records[:ds_size]
+        if first_record + ds_size > len(records):
+            start = f" from record {first_record}" if first_record else ""
+            raise DataError(f"{path}: ds_size={ds_size}{start} but the file has only {len(records)} records")
+    records = records[first_record:first_record + ds_size if ds_size is not None else None]
     loc_prompts: list[str] = []
     if loc_path is not None:
         loc_path = Path(loc_path)
@@ -163,17 +168,19 @@ def load_dataset(
     for i, record in enumerate(records):
         values: dict[str, Any] = {"case_id": i}
         for key, source in fmt.fields.items():
-            values[key] = _text(record, i, source, path, may_be_empty=key in fmt.may_be_empty)
+            values[key] = _text(record, first_record + i, source, path, may_be_empty=key in fmt.may_be_empty)
         if "locality_answer" in values and not values["locality_answer"].strip():
             del values["locality_question"], values["locality_answer"]
-            no_locality.append(i)
+            no_locality.append(first_record + i)
         values["irrelevant_text"] = loc_prompts[i] if loc_prompts else None
         if fmt.portability is not None:
-            values.update(_portability(record, i, fmt.portability, path))
+            values.update(_portability(record, first_record + i, fmt.portability, path))
         requests.append(EditRequest(**values))
+    extra: dict[str, Any] = {"first_record": first_record} if first_record else {}
+    if no_locality:
+        extra["records_without_locality_probe"] = no_locality
     return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
-                       loc_path=str(loc_path) if loc_path is not None else None,
-                       extra={"records_without_locality_probe": no_locality} if no_locality else {})
+                       loc_path=str(loc_path) if loc_path is not None else None, extra=extra)
 
 
 def _portability(record: dict[str, Any], index: int, spec: tuple[str, str, str], path: Path) -> dict[str, str]:
@@ -272,7 +279,7 @@ def run_data(payload: dict[str, Any], ds_size: int | None = None) -> RunData:
         if sha256_file(record["path"]) != record["sha256"]:
             raise DataError(f"{record['path']}: changed since the run ({what} sha256 differs)")
     dataset = load_dataset(data["name"], data["path"], ds_size or data["ds_size"], data.get("loc_path"),
-                           cfg.get("loc_offset", 0))
+                           cfg.get("loc_offset", 0), data.get("first_record", 0))
 
     def same_form(record: dict[str, Any]) -> ProbeSet:
         return load_same_form(data["name"], record["path"], tuple(record["records"]), data["path"])
