@@ -10,7 +10,7 @@ from wise_edit.methods.memoir.residual_memory import ResidualMemory
 from wise_edit.request import EditRequest
 from wise_edit.routing import MAIN, RoutedLinear
 from wise_edit.sites import resolve_site
-from wise_edit.subject_gate import SubjectError, SubjectGate
+from wise_edit.subject_gate import Filing, SubjectError, SubjectGate
 from wise_edit.tokens import TokenizationError, encode_batch, subject_span
 
 from conftest import CASE_SITE, COMMON, CASES, byte_tokenizer, routes, tiny_llama
@@ -263,3 +263,28 @@ def test_a_tie_outside_zero_to_two_is_refused(tie):
     with pytest.raises(Exception, match="subject_tie"):
         HyperParams.from_dict({**COMMON, **CASES["MEMOIR"], "model_name": "tiny", "subject_params": EARLY,
                                "subject_tie": tie})
+
+
+def test_a_rows_first_token_is_not_read():
+    """On real models a text's first early key is the same for any word (an attention sink): a row whose first
+    token alone resembles a held subject must not pass, the same key later in the row does."""
+    _, _, gate, _ = gated(radius=0.9)
+    d = gate.site.linear.weight.shape[1]
+    subject = torch.zeros(1, d)
+    subject[0, 0] = 1.0
+    gate.hold(Filing(subject, subject.clone()), 0)
+    other = torch.zeros(d)
+    other[1] = 1.0
+    first = torch.stack([subject[0], other, other])[None]  # (1, 3, d): the subject's key at the first token
+    later = torch.stack([other, other, subject[0]])[None]
+    keys, mask = torch.zeros(1, 3, 64), torch.ones(1, 3, dtype=torch.long)
+    for seen, expected in ((first, MAIN), (later, 0)):
+        gate._seen = seen
+        assert gate.route(keys, mask).tolist() == [expected]
+
+
+def test_a_subject_that_is_only_its_prompts_first_token_is_refused():
+    _, _, gate, _ = gated()
+    with pytest.raises(SubjectError, match="request 0: subject 'K' is only the first token of its prompt"):
+        gate.filing(request("K is old.", "K"))
+    assert gate.check(request("Kyoto is old.", "Kyoto")) == (1, 5)  # read from its second token on

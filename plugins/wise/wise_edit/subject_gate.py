@@ -15,6 +15,12 @@ Dev stream (ZsRE train records 0-99 as edits, their rephrasings, neighbours from
 layer 4's ``down_proj`` input): every rephrasing recalls its own subject at least 0.56 (median 0.92), and no
 neighbour recalls any of the 100 subjects above 0.40 (median 0.31).
 
+A text's first token is never read: at SmolLM2's layer 4 its key is the same whatever the word (cosine
+0.86-0.93 between the first tokens of unrelated texts, 0.05 between "Tesla" first and "Tesla" later; an attention
+sink), so a subject that opens its prompt (every Temporal edit does) was recalled at ~0.8 by any text, and 57 of
+Temporal's 75 irrelevant texts went to a side memory. A subject is read from its second token on; a row's first
+token is left out of its recall.
+
 Several edits can name one subject (ZsRE's edit file asks about one subject up to five times, often with
 different targets; Hallucination corrects several passages of one person, each prompt the previous one
 continued). Their subject keys are alike -- identical when the prompts share the text before the subject -- so
@@ -96,23 +102,28 @@ class SubjectGate:
         self._seen = None
 
     def check(self, request: EditRequest) -> tuple[int, int]:
-        """The token span of ``request``'s subject in its prompt; raises if it has none."""
+        """The token span of ``request``'s subject in its prompt, its first token aside; raises if it has none."""
         where = f"request {request.case_id}"
         if not request.subject:
             raise SubjectError(f"{where}: subject_params gates on the edit's subject, and this request has none "
                                "(give each request its subject: subject=[...] or a 'subject' field in the data; "
                                "or set subject_params: null)")
-        return subject_span(self.tok, request.prompt, request.subject, where)
+        start, end = subject_span(self.tok, request.prompt, request.subject, where)
+        if max(start, 1) >= end:
+            raise SubjectError(f"{where}: subject {request.subject!r} is only the first token of its prompt, whose "
+                               "early key is the same for any text; put a word before it (or set "
+                               "subject_params: null)")
+        return max(start, 1), end
 
     def filing(self, request: EditRequest) -> Filing:
         """The early keys of ``request``'s prompt, at its subject's tokens and at all of them."""
         start, end = self.check(request)
         keys = self.prompt_keys(request.prompt)
-        return Filing(subject=keys[start:end].clone(), prompt=keys)
+        return Filing(subject=keys[start:end].clone(), prompt=keys[1:].clone())
 
     @torch.no_grad()
     def prompt_keys(self, prompt: str) -> torch.Tensor:
-        """(S, d) the early keys at every token of ``prompt``."""
+        """(S, d) the early keys at every token of ``prompt`` (the first one too: callers drop it)."""
         ids = self.tok(prompt, return_tensors="pt")["input_ids"].to(self.model.device)
         seen: dict[str, torch.Tensor] = {}
         hook = self.site.linear.register_forward_hook(lambda m, args, out: seen.update(keys=args[0].detach()))
@@ -135,16 +146,17 @@ class SubjectGate:
         before the gate kept them."""
         if len(prompts) != len(self.keys):
             raise EditStateError(f"the subject gate holds {len(self.keys)} edits and the edit log {len(prompts)}")
-        self.prompts = [F.normalize(self.prompt_keys(prompt), dim=-1) for prompt in prompts]
+        self.prompts = [F.normalize(self.prompt_keys(prompt)[1:], dim=-1) for prompt in prompts]
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         seen = self._seen
         if seen is None or seen.shape[:2] != mask.shape or not self.index.count:
             return torch.full(keys.shape[:1], MAIN, dtype=torch.long, device=keys.device)
-        recall = self.index.match(seen.float(), mask)  # (B, edits)
+        read = mask.bool() & (mask.long().cumsum(1) > 1)  # a row's first token is a sink, the same in any text
+        recall = self.index.match(seen.float(), read)  # (B, edits)
         if self._admitting:
-            return self._pick(recall, self.memory.admitted(keys, mask), seen, mask)
+            return self._pick(recall, self.memory.admitted(keys, mask), seen, read)
         route = self.memory.route(keys, mask)
         best = recall.masked_fill(self.groups[None, :] != route[:, None], -1.0).amax(1)
         return torch.where(best >= self.radius, route, torch.full_like(route, MAIN))
