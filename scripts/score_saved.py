@@ -48,7 +48,8 @@ def main() -> None:
     meta = read_record(state)
     k = len(meta["edit_log"])
     dataset, probes, chat, verified = saved_run_data(run, k)
-    overrides = parse_overrides(args.overrides, meta["hparams"])
+    # keys of today's code (a key added since the run has its default in the state's hyperparameters)
+    overrides = parse_overrides(args.overrides, HyperParams.from_dict(meta["hparams"], source=str(state)).to_dict())
     editor = LifelongEditor(HyperParams.from_dict({**meta["hparams"], **overrides}, source=str(state)))
     requests = dataset.requests
     given = [r.prompt for r in requests]
