@@ -89,7 +89,7 @@ class SubjectGate:
         weight = self.site.linear.weight
         self.index = TokenIndex(weight.shape[1], weight.device)
         self.keys: list[torch.Tensor] = []  # (S_i, d) subject keys of each held edit, as read (the index normalises)
-        self.prompts: list[torch.Tensor] = []  # (P_i, d) unit keys of each held edit's whole prompt
+        self.prompts: list[torch.Tensor] = []  # (P_i, d) keys of each held edit's prompt, first token aside
         self.groups = torch.zeros(0, dtype=torch.long, device=weight.device)  # the route value serving each edit
         self._seen: torch.Tensor | None = None
         self.site.linear.register_forward_pre_hook(self._see)
@@ -137,7 +137,7 @@ class SubjectGate:
     def hold(self, filing: Filing, group: int) -> None:
         """File one edit under the route value ``group`` that serves it."""
         self.keys.append(filing.subject)
-        self.prompts.append(F.normalize(filing.prompt, dim=-1))
+        self.prompts.append(filing.prompt)
         self.index.add(filing.subject, filing.subject.new_ones(filing.subject.shape[0]))
         self.groups = torch.cat([self.groups, self.groups.new_tensor([group])])
 
@@ -146,7 +146,7 @@ class SubjectGate:
         before the gate kept them."""
         if len(prompts) != len(self.keys):
             raise EditStateError(f"the subject gate holds {len(self.keys)} edits and the edit log {len(prompts)}")
-        self.prompts = [F.normalize(self.prompt_keys(prompt)[1:], dim=-1) for prompt in prompts]
+        self.prompts = [self.prompt_keys(prompt)[1:] for prompt in prompts]
 
     # --- RoutedLinear's Memory protocol ---------------------------------------------------------------
     def route(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -183,7 +183,7 @@ class SubjectGate:
         for row in split.nonzero()[:, 0].tolist():
             candidates = close[row].nonzero()[:, 0]
             query = F.normalize(seen[row, mask[row].bool()].float(), dim=-1)
-            scores = agreement(query, [self.prompts[k] for k in candidates.tolist()])
+            scores = agreement(query, [F.normalize(self.prompts[k], dim=-1) for k in candidates.tolist()])
             route[row] = self.groups[candidates[int(scores.argmax())]]
         return route
 
