@@ -257,3 +257,18 @@ def test_chat_with_closed_stdin_ends_cleanly(tiny, tmp_path):
                            str(tmp_path / "edits")], cwd=ROOT, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+
+
+def test_the_code_version_is_the_one_the_process_started_with(monkeypatch):
+    """A run that ends after the checkout moved on must still name the code it ran."""
+    from wise_edit import results
+    before = results.code_version()
+
+    def moved(*args, **kwargs):
+        raise AssertionError("code_version must not read the checkout again")
+
+    monkeypatch.setattr(results.subprocess, "run", moved)
+    after = results.code_version()
+    assert after == before
+    after["git_commit"] = "elsewhere"
+    assert results.code_version() == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import json
 import os
@@ -22,7 +23,13 @@ from .evaluation import TABLE_COLUMNS
 
 
 def code_version() -> dict[str, Any]:
-    """The package version and, inside a git checkout, the commit and whether the tree had changes."""
+    """The package version and, inside a git checkout, the commit and whether the tree had changes, as they
+    were when this process imported the package: a long run writes its results hours later, and the checkout
+    may have moved on meanwhile (a checkpoint once named a commit made while its run was going)."""
+    return copy.deepcopy(_AT_IMPORT)
+
+
+def _read_code_version() -> dict[str, Any]:
     here = Path(__file__).resolve().parent
     info: dict[str, Any] = {"package": __version__, "torch": torch.__version__,
                             "transformers": transformers.__version__, "python": platform.python_version()}
@@ -35,6 +42,9 @@ def code_version() -> dict[str, Any]:
     except (OSError, subprocess.CalledProcessError):
         pass
     return info
+
+
+_AT_IMPORT = _read_code_version()
 
 
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
