@@ -141,6 +141,11 @@ class SubjectGate:
         self.index.add(filing.subject, filing.subject.new_ones(filing.subject.shape[0]))
         self.groups = torch.cat([self.groups, self.groups.new_tensor([group])])
 
+    @property
+    def lacks_prompts(self) -> bool:
+        """The held edits' prompt keys are not known (a state saved before the gate kept them)."""
+        return len(self.prompts) != len(self.keys)
+
     def file_prompts(self, prompts: list[str]) -> None:
         """Read the prompt keys of the held edits from their prompts (in the order held), for a state saved
         before the gate kept them."""
@@ -174,14 +179,13 @@ class SubjectGate:
         recall = recall.masked_fill(~allowed, -1.0)
         best, edit = recall.max(1)
         route = torch.where(best >= self.radius, self.groups[edit], torch.full_like(edit, MAIN))
-        close = allowed & (recall >= best[:, None] - self.tie)
-        close_groups = self.groups[None, :].expand_as(close)
-        split = (close_groups.masked_fill(~close, -1).amax(1)
-                 != close_groups.masked_fill(~close, 1 << 62).amin(1)) & (best >= self.radius)
-        if len(self.prompts) != len(self.keys):  # a state saved without prompt keys: recall alone decides
+        if self.lacks_prompts:  # recall alone decides
             return route
-        for row in split.nonzero()[:, 0].tolist():
+        close = allowed & (recall >= best[:, None] - self.tie)
+        for row in (close.sum(1) > 1).nonzero()[:, 0].tolist():
             candidates = close[row].nonzero()[:, 0]
+            if bool((self.groups[candidates] == self.groups[candidates[0]]).all()):
+                continue  # one route value serves them all
             query = F.normalize(seen[row, mask[row].bool()].float(), dim=-1)
             scores = agreement(query, [F.normalize(self.prompts[k], dim=-1) for k in candidates.tolist()])
             route[row] = self.groups[candidates[int(scores.argmax())]]

@@ -75,5 +75,5 @@ class RoutedEditMethod(EditMethod):
             self.gate.load_state_dict(state)
 
     def read_edit_log(self, prompts: list[str]) -> None:
-        if self.gate is not None and len(self.gate.prompts) != len(self.gate.keys):
+        if self.gate is not None and self.gate.lacks_prompts:
             self.gate.file_prompts(prompts)
