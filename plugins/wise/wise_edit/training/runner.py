@@ -12,10 +12,14 @@ added to the residual stream, so the layer's output is ``residual + W a``.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import PreTrainedModel
 
 from ..routing import unrouted
@@ -53,6 +57,7 @@ class SiteRunner:
         self._rows, self._cols = rows, cols
         self.targets = labels[:, 1:][rows, cols]
         self._keys = self._capture()
+        self._low: dict[str, torch.Tensor] | None = None  # upper layers' and head's weights in upper_dtype
         self._scored: tuple[torch.Tensor, torch.Tensor] | None = None  # last loss evaluation's logits, targets
 
     @torch.no_grad()
@@ -87,6 +92,19 @@ class SiteRunner:
         """(N, V) logits at the label positions when the edited matrix computes ``ffn(keys)``."""
         return self._fast_logits(ffn) if self.fast else self._naive_logits(ffn)
 
+    def _low_weights(self) -> dict[str, torch.Tensor]:
+        """The frozen matrices above the edited layer and the output head, cast to ``upper_dtype`` once per
+        runner: autocast would cast them again on every step (frozen weights are not in its cache), which cost
+        about 0.04 s of a 0.1 s step on the bundled model. The same rounding, so the same loss."""
+        if self._low is None:
+            layers, first = self.site.layers, self.site.layer_index + 1
+            upper = {id(p) for layer in list(layers)[first:] for p in layer.parameters()}
+            self._low = {name: p.detach().to(self.upper_dtype)
+                         for name, p in self.model.get_decoder().named_parameters()
+                         if id(p) in upper and p.dim() >= 2}
+            self._low["head"] = self.model.get_output_embeddings().weight.detach().to(self.upper_dtype)
+        return self._low
+
     def _fast_logits(self, ffn: FFNFunction) -> torch.Tensor:
         rows = self.label_rows
         out = ffn(self._keys)[rows]
@@ -94,17 +112,24 @@ class SiteRunner:
         originals = [layers[i] for i in range(site.layer_index + 1)]
         patched = _with_hidden(self._layer_out, self._residual + out)
         low = self.upper_dtype != torch.float32
+        # on the CPU the fused attention kernel is slow in bfloat16: 4.0 ms per call (forward and backward, 6 rows
+        # of 24 tokens) against 1.5 ms for the plain one (0.7 ms for the fused one in float32)
+        weights = dict(self._low_weights()) if low else {}
+        head = self.model.get_output_embeddings()
+        head_weight = weights.pop("head", head.weight)
         try:
             for i in range(site.layer_index + 1):  # the frozen layers up to the edited one are not re-run
                 layers[i] = _Replay(lambda: patched)
-            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low):
-                hidden = self.model.get_decoder()(input_ids=self.batch.input_ids[rows],
-                                                  attention_mask=self.batch.attention_mask[rows],
-                                                  use_cache=False).last_hidden_state
+            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low), \
+                    (sdpa_kernel(SDPBackend.MATH) if low and self.model.device.type == "cpu" else nullcontext()):
+                hidden = functional_call(self.model.get_decoder(), weights, args=(),
+                                         kwargs={"input_ids": self.batch.input_ids[rows],
+                                                 "attention_mask": self.batch.attention_mask[rows],
+                                                 "use_cache": False}).last_hidden_state
                 # map batch rows to their place among the label rows
                 place = torch.empty(self.batch.labels.shape[0], dtype=torch.long, device=hidden.device)
                 place[rows] = torch.arange(rows.numel(), device=hidden.device)
-                logits = self.model.get_output_embeddings()(hidden[place[self._rows], self._cols])
+                logits = F.linear(hidden[place[self._rows], self._cols], head_weight, head.bias)
         finally:
             for i, module in enumerate(originals):
                 layers[i] = module
