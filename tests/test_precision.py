@@ -33,3 +33,17 @@ def test_auto_is_bfloat16_only_where_the_cpu_has_it(monkeypatch):
 def test_an_unknown_dtype_is_refused_naming_the_key():
     with pytest.raises(HyperParamsError, match="upper_dtype"):
         wise_hp(upper_dtype="float16")
+
+
+def test_bfloat16_steps_leave_the_model_float32_and_unchanged(tok):
+    """The upper layers and the head run on bfloat16 copies of their weights: the model keeps its own float32
+    weights, unchanged, and its tied head."""
+    model = tiny_llama()
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    editor = LifelongEditor(wise_hp(upper_dtype="bfloat16", n_iter=5), model=model, tok=tok)
+    editor.apply(REQUESTS[:1])
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.float32, name
+        if name in before:
+            assert torch.equal(p, before[name]), name
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
