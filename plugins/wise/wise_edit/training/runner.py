@@ -57,7 +57,7 @@ class SiteRunner:
         self._rows, self._cols = rows, cols
         self.targets = labels[:, 1:][rows, cols]
         self._keys = self._capture()
-        self._low: dict[str, torch.Tensor] | None = None  # upper layers' and head's weights in upper_dtype
+        self._low: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None  # see _low_weights
         self._scored: tuple[torch.Tensor, torch.Tensor] | None = None  # last loss evaluation's logits, targets
 
     @torch.no_grad()
@@ -92,17 +92,16 @@ class SiteRunner:
         """(N, V) logits at the label positions when the edited matrix computes ``ffn(keys)``."""
         return self._fast_logits(ffn) if self.fast else self._naive_logits(ffn)
 
-    def _low_weights(self) -> dict[str, torch.Tensor]:
-        """The frozen matrices above the edited layer and the output head, cast to ``upper_dtype`` once per
-        runner: autocast would cast them again on every step (frozen weights are not in its cache), which cost
-        about 0.04 s of a 0.1 s step on the bundled model. The same rounding, so the same loss."""
+    def _low_weights(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The frozen matrices above the edited layer (by their name in the decoder) and the output head's, cast
+        to ``upper_dtype`` once per runner: autocast would cast them again on every step (it caches no frozen
+        weight), about 0.04 s of a 0.1 s step on the bundled model. The same rounding, so the same loss."""
         if self._low is None:
             layers, first = self.site.layers, self.site.layer_index + 1
             upper = {id(p) for layer in list(layers)[first:] for p in layer.parameters()}
-            self._low = {name: p.detach().to(self.upper_dtype)
-                         for name, p in self.model.get_decoder().named_parameters()
-                         if id(p) in upper and p.dim() >= 2}
-            self._low["head"] = self.model.get_output_embeddings().weight.detach().to(self.upper_dtype)
+            matrices = {name: p.detach().to(self.upper_dtype)
+                        for name, p in self.model.get_decoder().named_parameters() if id(p) in upper and p.dim() >= 2}
+            self._low = matrices, self.model.get_output_embeddings().weight.detach().to(self.upper_dtype)
         return self._low
 
     def _fast_logits(self, ffn: FFNFunction) -> torch.Tensor:
@@ -112,16 +111,15 @@ class SiteRunner:
         originals = [layers[i] for i in range(site.layer_index + 1)]
         patched = _with_hidden(self._layer_out, self._residual + out)
         low = self.upper_dtype != torch.float32
+        head = self.model.get_output_embeddings()
+        weights, head_weight = self._low_weights() if low else ({}, head.weight)
         # on the CPU the fused attention kernel is slow in bfloat16: 4.0 ms per call (forward and backward, 6 rows
         # of 24 tokens) against 1.5 ms for the plain one (0.7 ms for the fused one in float32)
-        weights = dict(self._low_weights()) if low else {}
-        head = self.model.get_output_embeddings()
-        head_weight = weights.pop("head", head.weight)
+        attention = sdpa_kernel(SDPBackend.MATH) if low and self.model.device.type == "cpu" else nullcontext()
         try:
             for i in range(site.layer_index + 1):  # the frozen layers up to the edited one are not re-run
                 layers[i] = _Replay(lambda: patched)
-            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low), \
-                    (sdpa_kernel(SDPBackend.MATH) if low and self.model.device.type == "cpu" else nullcontext()):
+            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low), attention:
                 hidden = functional_call(self.model.get_decoder(), weights, args=(),
                                          kwargs={"input_ids": self.batch.input_ids[rows],
                                                  "attention_mask": self.batch.attention_mask[rows],
