@@ -144,7 +144,7 @@ def main() -> None:
     phases = [breakdown(HyperParams.from_hparams(ROOT / "hparams" / alg / f"{args.model}.yaml").replace(**overrides),
                         ds.requests, negatives.prompts) for alg in args.methods]
     names = sorted({k for r in phases for k in r["phases_s_per_edit"]})
-    print(f"{'method':8} {'s/edit':>7} {'steps':>6} " + " ".join(f"{k:>10}" for k in names))
+    print(f"{'method':8} {'s/edit':>7} {'#steps':>6} " + " ".join(f"{k:>10}" for k in names))
     for r in phases:
         print(f"{r['method']:8} {r['seconds_per_edit']:7.2f} {r['mean_steps']:6.1f} "
               + " ".join(f"{r['phases_s_per_edit'].get(k, 0.0):10.3f}" for k in names))
