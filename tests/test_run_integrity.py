@@ -74,7 +74,7 @@ def test_a_second_live_run_into_the_same_output_dir_is_refused(tiny, tmp_path):
         time.sleep(0.1)
     second = one_line_error(cli(tiny, out, "ds_size=2"))
     assert f"{out} is in use by a live run (pid {slow.pid})" in second
-    stdout, stderr = slow.communicate(timeout=600)
+    stdout, stderr = slow.communicate(timeout=1800)  # 20,000 tiny steps: minutes alone, far more on a loaded machine
     assert slow.returncode == 0, stderr[-2000:]
     result = json.loads((out / "results.json").read_text())
     assert result["data"]["ds_size"] == 10 and result["config"]["hparams"]["n_iter"] == 2000
