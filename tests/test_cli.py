@@ -175,33 +175,33 @@ def _wise_run(tiny_dir, tmp_path, extra: str = "") -> tuple[Path, dict]:
     return out, json.loads((out / "results.json").read_text())
 
 
-def _diagnose_wise(monkeypatch):
+def _diagnose_routing(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    spec = importlib.util.spec_from_file_location("diagnose_wise", ROOT / "scripts" / "diagnose_wise.py")
+    spec = importlib.util.spec_from_file_location("diagnose_routing", ROOT / "scripts" / "diagnose_routing.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_diagnose_wise_bypasses_the_subject_gate_when_it_forces_the_memory(tiny_dir, tmp_path, monkeypatch):
-    """scripts/diagnose_wise.py tells a lost edit from a gated one: with a subject radius no query can reach,
+def test_diagnose_routing_bypasses_the_subject_gate_when_it_forces_the_memory(tiny_dir, tmp_path, monkeypatch):
+    """scripts/diagnose_routing.py tells a lost edit from a gated one: with a subject radius no query can reach,
     nothing is routed and Rel is the unedited model's, while forcing the memory (router and gate bypassed)
     shows what the side memory holds, and turning the gates off gives the run's own Rel back."""
     import subprocess
     import sys
 
     out, run = _wise_run(tiny_dir, tmp_path)
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "diagnose_wise.py"), str(out), "--blocks", "0:3"],
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "diagnose_routing.py"), str(out), "--blocks", "0:3"],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     row = json.loads((out / "diagnose_edits_T3.json").read_text())["rows"][0]
     assert row["routed"] == 1.0 and row["own_memory"] == 1.0 and row["rel"] == pytest.approx(run["summary"]["rel"])
 
-    diagnose_wise = _diagnose_wise(monkeypatch)
-    editor = diagnose_wise.LifelongEditor.from_saved(out / "edits")
+    diagnose_routing = _diagnose_routing(monkeypatch)
+    editor = diagnose_routing.LifelongEditor.from_saved(out / "edits")
     editor.method.gate.radius = 2.0  # a cosine never reaches it: the gate now refuses every row
     requests = run["requests"]
-    gated = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
+    gated = diagnose_routing.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
                                    [0, 0, 0])
     assert gated["routed"] == 0.0 and gated["own_memory"] == 0.0
     assert gated["rel"] < run["summary"]["rel"] - 0.2
@@ -209,18 +209,61 @@ def test_diagnose_wise_bypasses_the_subject_gate_when_it_forces_the_memory(tiny_
     assert gated["rel_no_gate"] == pytest.approx(run["summary"]["rel"])
 
 
-def test_diagnose_wise_forces_each_edit_onto_its_own_memory_in_retrieve_mode(tiny_dir, tmp_path, monkeypatch):
+def test_diagnose_routing_forces_each_edit_onto_its_own_memory_in_retrieve_mode(tiny_dir, tmp_path, monkeypatch):
     """WISE-Retrieve with a memory per edit: each edit is filed under, routed to and forced onto its own memory
     (forcing the newest memory on every edit would score the first two against the third's memory)."""
     out, run = _wise_run(tiny_dir, tmp_path, "retrieve: true\nsave_freq: 1\nmerge_freq: 1\n")
-    diagnose_wise = _diagnose_wise(monkeypatch)
-    editor = diagnose_wise.LifelongEditor.from_saved(out / "edits")
-    own = diagnose_wise.owners(editor, range(3))
+    diagnose_routing = _diagnose_routing(monkeypatch)
+    editor = diagnose_routing.LifelongEditor.from_saved(out / "edits")
+    own = diagnose_routing.owners(editor, range(3))
     assert own == [0, 1, 2]
     requests = run["requests"]
-    row = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests], own)
+    row = diagnose_routing.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests], own)
     assert row["own_memory"] == 1.0 and row["rel"] == pytest.approx(run["summary"]["rel"])
     assert row["rel_memory_forced"] == pytest.approx(row["rel"])
-    newest = diagnose_wise.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
+    newest = diagnose_routing.diagnose(editor, [r["prompt"] for r in requests], [r["target_new"] for r in requests],
                                     [2, 2, 2])
     assert newest["rel_memory_forced"] < row["rel"] - 0.2
+
+
+def test_diagnose_routing_tells_a_mask_threshold_miss_from_a_lost_memory_in_memoir(tiny_dir, tmp_path,
+                                                                                  monkeypatch):
+    """MEMOIR: each edit is held by its own stored mask; with an overlap threshold no mask reaches, nothing is
+    routed, the gates off do not bring the edits back (the threshold refused them, not the gate), and forcing each
+    edit's own mask does; forcing another edit's mask does not."""
+    import subprocess
+    import sys
+
+    model = tiny_dir.parent / "tiny-model"
+    hp = tmp_path / "memoir.yaml"
+    hp.write_text(f"alg_name: MEMOIR\nmodel_name: {model}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
+                  "edit_lr: 5.0\nn_iter: 10\ntop_k: 32\nirr_threshold: 0.6\nn_prefixes: 2\nprefix_length: 4\n"
+                  "stop_loss: 0.0\nsubject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n")
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=["alg_name=MEMOIR", "data=zsre", "ds_size=3", f"hparams_file={hp}",
+                                        f"output_dir={out}", "progress=false", "eval_generation=false",
+                                        "nloc=false", f"data_root={DATA}"])
+    cli.run(cfg)
+    run = json.loads((out / "results.json").read_text())
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "diagnose_routing.py"), str(out), "--blocks", "0:3",
+                           "--texts", "rephrase"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = json.loads((out / "diagnose_edits_T3_rephrase.json").read_text())["rows"][0]
+    assert row["gen"] == pytest.approx(run["summary"]["gen"])
+
+    diagnose_routing = _diagnose_routing(monkeypatch)
+    editor = diagnose_routing.LifelongEditor.from_saved(out / "edits")
+    own = diagnose_routing.owners(editor, range(3))
+    assert own == [0, 1, 2]
+    prompts, targets = [r["prompt"] for r in run["requests"]], [r["target_new"] for r in run["requests"]]
+    home = diagnose_routing.diagnose(editor, prompts, targets, own)
+    assert home["own_memory"] == 1.0 and home["rel"] == pytest.approx(run["summary"]["rel"])
+    assert home["rel"] > 0.5
+    editor.method.memory.irr_threshold = 2.0  # an overlap no mask reaches: the memory never fires
+    missed = diagnose_routing.diagnose(editor, prompts, targets, own)
+    assert missed["routed"] == 0.0 and missed["rel"] < home["rel"] - 0.2
+    assert missed["rel_no_gate"] == pytest.approx(missed["rel"])
+    assert missed["rel_memory_forced"] == pytest.approx(home["rel"])
+    swapped = diagnose_routing.diagnose(editor, prompts, targets, [1, 2, 0])
+    assert swapped["rel_memory_forced"] < home["rel"] - 0.2
