@@ -22,7 +22,7 @@ import argparse
 import json
 import statistics
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -83,12 +83,9 @@ def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str], own
 
         with swapped(layer, "memory", side), swapped(side, "route", force):
             forced.append(rel(editor, [prompts[i] for i in rows], [targets[i] for i in rows]) * len(rows))
-    with swapped(layer, "memory", side):
-        if hasattr(side, "match_radius"):
-            with swapped(side, "match_radius", None):
-                no_gate = rel(editor, prompts, targets)
-        else:
-            no_gate = rel(editor, prompts, targets)
+    match_gate_off = swapped(side, "match_radius", None) if hasattr(side, "match_radius") else nullcontext()
+    with swapped(layer, "memory", side), match_gate_off:
+        no_gate = rel(editor, prompts, targets)
     return {"routed": statistics.fmean(r != MAIN for r in routes),
             "own_memory": statistics.fmean(r == m for r, m in zip(routes, own)),
             metric: served, f"{metric}_memory_forced": sum(forced) / len(prompts), f"{metric}_no_gate": no_gate}
@@ -117,6 +114,7 @@ def main() -> None:
     dataset, _, chat, _ = saved_run_data(run, k)
     requests = chat_requests(editor.tok, dataset.requests) if chat else dataset.requests
     metric = "rel" if args.texts == "prompt" else "gen"
+    own = owners(editor, range(k))
     rows = []
     for block in args.blocks:
         start, stop = (int(x) for x in block.split(":"))
@@ -126,7 +124,6 @@ def main() -> None:
         if not positions:
             raise SystemExit(f"error: no request of block {block} has a rephrasing")
         texts = [requests[i].prompt if args.texts == "prompt" else requests[i].rephrase for i in positions]
-        own = owners(editor, range(k))
         rows.append({"block": block, **diagnose(editor, texts, [requests[i].target for i in positions],
                                                 [own[i] for i in positions], metric)})
     columns = ("block", "routed", "own_memory", metric, f"{metric}_memory_forced", f"{metric}_no_gate")

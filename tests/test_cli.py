@@ -158,21 +158,27 @@ def test_multirun_writes_a_comparison_that_the_result_files_alone_regenerate(tin
     assert (out / "comparison.png").stat().st_size > 10_000
 
 
-def _wise_run(tiny_dir, tmp_path, extra: str = "") -> tuple[Path, dict]:
-    """A 3-edit WISE CLI run of the tiny model with the subject gate at radius 0 (every recall passes)."""
+def _gated_run(tiny_dir, tmp_path, alg_name: str, hparams: str) -> tuple[Path, dict]:
+    """A 3-edit CLI run of the tiny model at layer 2, its subject gate at layer 0 with radius 0 (every recall
+    passes); ``hparams``: the method's other keys (YAML lines)."""
     model = tiny_dir.parent / "tiny-model"
-    hp = tmp_path / "wise.yaml"
-    hp.write_text(f"alg_name: WISE\nmodel_name: {model}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
-                  "edit_lr: 0.1\noptimizer: adam\nn_iter: 20\nstop_loss: 0.0\nn_prefixes: 2\nprefix_length: 4\n"
-                  "act_margin: [0.5, 3.0, 2.0]\nact_ratio: 0.8\nmerge_alg: sum\n"
-                  "subject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n" + extra)
+    hp = tmp_path / f"{alg_name}.yaml"
+    hp.write_text(f"alg_name: {alg_name}\nmodel_name: {model}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
+                  "n_prefixes: 2\nprefix_length: 4\nstop_loss: 0.0\n"
+                  "subject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n" + hparams)
     out = tmp_path / "run"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("run", overrides=["alg_name=WISE", "data=zsre", "ds_size=3", f"hparams_file={hp}",
+        cfg = compose("run", overrides=[f"alg_name={alg_name}", "data=zsre", "ds_size=3", f"hparams_file={hp}",
                                         f"output_dir={out}", "progress=false", "eval_generation=false",
                                         "nloc=false", f"data_root={DATA}"])
     cli.run(cfg)
     return out, json.loads((out / "results.json").read_text())
+
+
+def _wise_run(tiny_dir, tmp_path, extra: str = "") -> tuple[Path, dict]:
+    """A 3-edit WISE CLI run of the tiny model with the subject gate at radius 0 (every recall passes)."""
+    return _gated_run(tiny_dir, tmp_path, "WISE", "edit_lr: 0.1\noptimizer: adam\nn_iter: 20\n"
+                      "act_margin: [0.5, 3.0, 2.0]\nact_ratio: 0.8\nmerge_alg: sum\n" + extra)
 
 
 def _diagnose_routing(monkeypatch):
@@ -234,18 +240,7 @@ def test_diagnose_routing_tells_a_mask_threshold_miss_from_a_lost_memory_in_memo
     import subprocess
     import sys
 
-    model = tiny_dir.parent / "tiny-model"
-    hp = tmp_path / "memoir.yaml"
-    hp.write_text(f"alg_name: MEMOIR\nmodel_name: {model}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
-                  "edit_lr: 5.0\nn_iter: 10\ntop_k: 32\nirr_threshold: 0.6\nn_prefixes: 2\nprefix_length: 4\n"
-                  "stop_loss: 0.0\nsubject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n")
-    out = tmp_path / "run"
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("run", overrides=["alg_name=MEMOIR", "data=zsre", "ds_size=3", f"hparams_file={hp}",
-                                        f"output_dir={out}", "progress=false", "eval_generation=false",
-                                        "nloc=false", f"data_root={DATA}"])
-    cli.run(cfg)
-    run = json.loads((out / "results.json").read_text())
+    out, run = _gated_run(tiny_dir, tmp_path, "MEMOIR", "edit_lr: 5.0\nn_iter: 10\ntop_k: 32\nirr_threshold: 0.6\n")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "diagnose_routing.py"), str(out), "--blocks", "0:3",
                            "--texts", "rephrase"], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
