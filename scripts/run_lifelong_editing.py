@@ -14,8 +14,10 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import hydra
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -121,18 +123,44 @@ def run(cfg: DictConfig) -> dict:
         return _run(cfg, output_dir)
 
 
+def load_hparams(cfg: DictConfig) -> tuple[Any, Path, Path | None]:
+    """The method's hyperparameters, the file they come from and the benchmark's file applied on top of it.
+
+    A file beside the hparams file named ``<its name>.<data name>.yaml`` (``hparams/WISE/smollm2-135m.temporal.yaml``)
+    holds the keys chosen on that benchmark's own dev stream, so one multirun over the six methods runs each with
+    its benchmark's settings; ``hparams.<key>=`` on the command line still wins.
+    """
+    from wise_edit import HyperParams
+    from wise_edit.hparams import HyperParamsError
+
+    hparams_file = _project_path(cfg.hparams_file or f"hparams/{cfg.alg_name}/{cfg.model}.yaml")
+    hparams = HyperParams.from_hparams(hparams_file)
+    stem = hparams_file.name.removesuffix(".yaml")
+    benchmark_file: Path | None = hparams_file.with_name(f"{stem}.{cfg.data.name}.yaml")
+    if benchmark_file.is_file():
+        try:
+            keys = yaml.safe_load(benchmark_file.read_text())
+        except yaml.YAMLError as exc:
+            raise HyperParamsError(f"{benchmark_file}: not valid YAML: {exc}") from exc
+        if not isinstance(keys, dict):
+            raise HyperParamsError(f"{benchmark_file}: expected a mapping of keys to values")
+        hparams = HyperParams.from_dict({**hparams.to_dict(), **keys}, source=str(benchmark_file))
+    else:
+        benchmark_file = None
+    overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
+    if overrides:
+        hparams = hparams.replace(**overrides)
+    return hparams, hparams_file, benchmark_file
+
+
 def _run(cfg: DictConfig, output_dir: Path) -> dict:
-    from wise_edit import HyperParams, LifelongEditor
+    from wise_edit import LifelongEditor
     from wise_edit.models import resolve_model_path
     from wise_edit.results import code_version, markdown_table, write_json_or_fallback
 
     start = time.perf_counter()
     version = code_version()  # the code that runs: a checkout changed during a long run must not be recorded
-    hparams_file = _project_path(cfg.hparams_file or f"hparams/{cfg.alg_name}/{cfg.model}.yaml")
-    hparams = HyperParams.from_hparams(hparams_file)
-    overrides = OmegaConf.to_container(cfg.hparams, resolve=True)
-    if overrides:
-        hparams = hparams.replace(**overrides)
+    hparams, hparams_file, benchmark_file = load_hparams(cfg)
     dataset, negatives, probes = run_inputs(cfg)
     sources = {"negatives": negatives.description} if negatives else {}
     editor = LifelongEditor.from_hparams(hparams)
@@ -155,7 +183,8 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
         "requests": run_out["requests"],
         **({"neighbourhood": run_out["neighbourhood"]} if "neighbourhood" in run_out else {}),
         "config": {"run": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams.to_dict(),
-                   "hparams_file": str(hparams_file)},
+                   "hparams_file": str(hparams_file),
+                   "benchmark_hparams_file": str(benchmark_file) if benchmark_file else None},
         "code_version": version,
         "model": {"name": hparams.model_name, "path": resolve_model_path(hparams.model_name)},
         "data": {**dataset.describe(), **sources, **({"nloc_probes": probes.description} if probes else {})},

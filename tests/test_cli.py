@@ -53,6 +53,25 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
     assert "| FT-L | 3 |" in table and "nloc" in table
 
 
+def test_a_benchmark_file_beside_the_hparams_file_applies_to_that_benchmark_only(tiny_dir):
+    """``<file>.<data>.yaml`` (the keys a benchmark's dev stream chose) sits between the file and the command line."""
+    (tiny_dir.parent / "ftl.temporal.yaml").write_text("n_iter: 70\nedit_lr: 0.01\n")
+
+    def loaded(data, *extra):
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("run", overrides=["alg_name=FT-L", f"data={data}", f"hparams_file={tiny_dir}", *extra])
+        return cli.load_hparams(cfg)
+
+    hparams, _, benchmark = loaded("temporal")
+    assert (hparams.n_iter, hparams.edit_lr, benchmark.name) == (70, 0.01, "ftl.temporal.yaml")
+    hparams, _, benchmark = loaded("zsre")
+    assert (hparams.n_iter, hparams.edit_lr, benchmark) == (10, 0.05, None)
+    assert loaded("temporal", "++hparams.n_iter=3")[0].n_iter == 3  # the command line still wins
+    (tiny_dir.parent / "ftl.temporal.yaml").write_text("n_iters: 70\n")
+    with pytest.raises(ValueError, match=r"ftl\.temporal\.yaml: unknown key\(s\) \['n_iters'\]"):
+        loaded("temporal")
+
+
 @pytest.mark.parametrize("chat", [False, True])
 def test_a_saved_state_scores_as_its_run_did(tiny_dir, tmp_path, chat):
     """scripts/score_saved.py on a run's final state gives the run's own figures (so a checkpoint at k edits

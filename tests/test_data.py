@@ -1,10 +1,11 @@
 import json
 
 import pytest
+import yaml
 
 from wise_edit.data import DataError, load_dataset, load_probes
 
-from conftest import DATA
+from conftest import DATA, ROOT
 
 
 def test_zsre_real_file():
@@ -125,6 +126,12 @@ def test_neighbourhood_probes_of_the_three_benchmarks():
     train = json.loads((DATA / "temporal" / "temporal-train.json").read_text())
     assert left_out == [i for i in range(75) if train[i]["prompt"] in edited] and len(left_out) == 2
     assert len(temporal.prompts) == 73 and not edited & set(temporal.prompts)
+    # the shipped Temporal probes keep off the Temporal dev stream (train records 38-74 as edits)
+    shipped = yaml.safe_load((ROOT / "configs" / "data" / "temporal.yaml").read_text())["nloc_records"]
+    reported = load_probes("temporal", DATA / "temporal" / "temporal-train.json", tuple(shipped),
+                           edit_path=DATA / "temporal" / "temporal-edit.json")
+    assert shipped[1] <= 38 and len(reported.prompts) == 36
+    assert not {r["prompt"] for r in train[38:]} & set(reported.prompts)
     hallucination = load_probes("hallucination", DATA / "hallucination" / "hallucination-train.json", (0, 100))
     assert len(hallucination.prompts) == 100 and hallucination.description["sha256"]
     with pytest.raises(DataError, match=r"probe records \[300, 400\) are outside its 306 records"):
