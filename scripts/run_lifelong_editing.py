@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -131,20 +130,13 @@ def load_hparams(cfg: DictConfig) -> tuple[Any, Path, Path | None]:
     its benchmark's settings; ``hparams.<key>=`` on the command line still wins.
     """
     from wise_edit import HyperParams
-    from wise_edit.hparams import HyperParamsError
 
     hparams_file = _project_path(cfg.hparams_file or f"hparams/{cfg.alg_name}/{cfg.model}.yaml")
     hparams = HyperParams.from_hparams(hparams_file)
     stem = hparams_file.name.removesuffix(".yaml")
     benchmark_file: Path | None = hparams_file.with_name(f"{stem}.{cfg.data.name}.yaml")
     if benchmark_file.is_file():
-        try:
-            keys = yaml.safe_load(benchmark_file.read_text())
-        except yaml.YAMLError as exc:
-            raise HyperParamsError(f"{benchmark_file}: not valid YAML: {exc}") from exc
-        if not isinstance(keys, dict):
-            raise HyperParamsError(f"{benchmark_file}: expected a mapping of keys to values")
-        hparams = HyperParams.from_dict({**hparams.to_dict(), **keys}, source=str(benchmark_file))
+        hparams = hparams.updated_from(benchmark_file)
     else:
         benchmark_file = None
     overrides = OmegaConf.to_container(cfg.hparams, resolve=True)

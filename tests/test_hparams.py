@@ -75,7 +75,13 @@ def test_cross_field_validation(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "hparams").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_shipped_file_loads(path):
-    hp = HyperParams.from_hparams(path)
+    """A model's file alone; a benchmark's file (``<model>.<data>.yaml``) on top of its model's file."""
+    model, _, benchmark = path.name.removesuffix(".yaml").partition(".")
+    if benchmark:
+        assert (ROOT / "configs" / "data" / f"{benchmark}.yaml").is_file(), f"{path.name}: no benchmark {benchmark!r}"
+        hp = HyperParams.from_hparams(path.with_name(f"{model}.yaml")).updated_from(path)
+    else:
+        hp = HyperParams.from_hparams(path)
     assert hp.alg_name == path.parent.name
 
 

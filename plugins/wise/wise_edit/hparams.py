@@ -57,13 +57,12 @@ class HyperParams:
             path = path.with_suffix(".yaml")
         if not path.is_file():
             raise HyperParamsError(f"hyperparameter file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise HyperParamsError(f"{path}: not valid YAML: {exc}") from exc
-        if not isinstance(data, dict):
-            raise HyperParamsError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(_read_mapping(path), source=str(path))
+
+    def updated_from(self: T, path: str | Path) -> T:
+        """A copy with the keys of the YAML file ``path`` applied (a partial file, e.g. one benchmark's own
+        keys), checked like a whole file and named in any error."""
+        return type(self).from_dict({**self.to_dict(), **_read_mapping(Path(path))}, source=str(path))
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
@@ -133,6 +132,16 @@ class HyperParams:
     def replace(self: T, **overrides: Any) -> T:
         """A copy with ``overrides`` applied, checked like a file."""
         return type(self).from_dict({**self.to_dict(), **overrides}, source="hparams overrides")
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise HyperParamsError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HyperParamsError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+    return data
 
 
 def _registered_class(alg_name: str) -> type[HyperParams]:
