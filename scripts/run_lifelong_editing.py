@@ -14,11 +14,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    from wise_edit import HyperParams
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,7 +125,7 @@ def run(cfg: DictConfig) -> dict:
         return _run(cfg, output_dir)
 
 
-def load_hparams(cfg: DictConfig) -> tuple[Any, Path, Path | None]:
+def load_hparams(cfg: DictConfig) -> tuple[HyperParams, Path, Path | None]:
     """The method's hyperparameters, the file they come from and the benchmark's file applied on top of it.
 
     A file beside the hparams file named ``<its name>.<data name>.yaml`` (``hparams/WISE/smollm2-135m.temporal.yaml``)
