@@ -34,6 +34,13 @@ def test_runs_of_one_prompt_form_have_no_prompts_column(tmp_path):
     assert [r["prompts"] for r in collect(tmp_path)] == ["plain", "plain"]
 
 
+def test_a_directory_of_links_to_runs_reports_them(tmp_path):
+    _result(tmp_path / "runs", "a", "WISE", 10, rel=0.9, gen=0.8, loc=1.0)
+    (tmp_path / "chosen").mkdir()
+    (tmp_path / "chosen" / "a").symlink_to(tmp_path / "runs" / "a", target_is_directory=True)
+    assert [(r["method"], r["T"]) for r in collect(tmp_path / "chosen")] == [("WISE", 10)]
+
+
 def test_hallucination_perplexity_is_tabled_and_plotted_without_an_average(tmp_path):
     for size, ppl in ((1, 1.2), (10, 35.0)):
         _result(tmp_path, f"w{size}", "WISE", size, data="hallucination", rel=0.95, ppl=ppl, loc=1.0)

@@ -9,6 +9,7 @@ position, after the whole stream: the longest sequential run of each method).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     """One row per result file under ``root``: method, T, protocol, metrics, seconds per edit, source path, and
     the retention blocks where the file has them."""
     rows = []
-    for path in sorted(Path(root).rglob("results.json")):
+    # glob's ``**`` follows symlinked directories (``Path.rglob`` does not before Python 3.13), so a directory of
+    # links to chosen runs reports them
+    for path in sorted(map(Path, glob.glob(str(Path(root) / "**" / "results.json"), recursive=True))):
         payload = json.loads(path.read_text())
         run = payload["config"]["run"]
         protocol = "seq" if payload.get("sequential_edit", run.get("sequential_edit")) else "T=1"
