@@ -26,7 +26,7 @@ def collect(root: str | Path) -> list[dict[str, Any]]:
     rows = []
     # glob's ``**`` follows symlinked directories (``Path.rglob`` does not before Python 3.13), so a directory of
     # links to chosen runs reports them
-    for path in sorted(map(Path, glob.glob(str(Path(root) / "**" / "results.json"), recursive=True))):
+    for path in sorted(map(Path, glob.glob(glob.escape(str(root)) + "/**/results.json", recursive=True))):
         payload = json.loads(path.read_text())
         run = payload["config"]["run"]
         protocol = "seq" if payload.get("sequential_edit", run.get("sequential_edit")) else "T=1"
