@@ -9,7 +9,7 @@ For each block of the saved state's edits (by position in the stream), on the ed
 Rel) or their rephrasings (``rephrase``: Gen): the share the router sends to the method's memory and to the route
 value that holds the edit (``own_memory``: WISE-Retrieve's memory holding it, MEMOIR's stored mask of that edit),
 the score as served, with the router and gates replaced by one that picks each edit's own route value
-(``_memory_forced``), and with the gates off (``_no_gate``: the subject gate, and WISE's match gate; the method's
+(``_memory_forced``), and with the gates off (``_no_gate``: the fact gate, and WISE's match gate; the method's
 own router alone picks). Routed home but still wrong means the memory lost the edit; recovered by forcing means
 the router or a gate lost it; recovered by forcing but not with the gates off means the router's own threshold
 did. ``--set KEY=VALUE`` as in ``score_saved.py``. Prints a table and writes
@@ -66,7 +66,7 @@ def diagnose(editor: LifelongEditor, prompts: list[str], targets: list[str], own
              metric: str = "rel") -> dict[str, float]:
     """Routed share, share routed to the route value holding the edit (``own``), and the token accuracy
     (named ``metric``): as served, with each edit's own route value forced on its rows (no router, no gate), and
-    with the gates off (the subject gate and WISE's match gate; the method's own router alone picks)."""
+    with the gates off (the fact gate and WISE's match gate; the method's own router alone picks)."""
     side, layer = editor.method.memory, editor.method.layer
     routes = []
     with torch.no_grad():

@@ -33,7 +33,7 @@ def _project_path(value: str) -> Path:
 
 #: run settings that must be whole numbers or booleans, with their least value
 INTEGERS = {"ds_size": 1, "checkpoint_every": 0}
-BOOLEANS = ("sequential_edit", "eval_generation", "progress", "save_edits", "nloc", "use_chat_template")
+BOOLEANS = ("sequential_edit", "eval_generation", "progress", "save_edits", "nloc", "use_chat_template", "subjects")
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -78,7 +78,11 @@ def run_inputs(cfg: DictConfig) -> tuple:
     data_path = _project_path(cfg.data_path or cfg.data.path)
     loc_path = _project_path(cfg.loc_path or cfg.data.loc_path) if (cfg.loc_path or cfg.data.loc_path) else None
     dataset = load_dataset(cfg.data.name, data_path, cfg.ds_size, loc_path, cfg.data.get("loc_offset", 0),
-                           cfg.data.get("first_record", 0))
+                           cfg.data.get("first_record", 0), cfg.data.get("stream", "first"),
+                           cfg.data.get("last_record"))
+    if not cfg.subjects:
+        dataset.requests[:] = [r.replace(subject=None) for r in dataset.requests]
+        dataset.extra["subjects"] = False
     negatives = probes = None
     if cfg.data.get("negatives_path"):
         negatives = _same_form(cfg.data.name, cfg.data.negatives_path, cfg.data.negative_records, data_path,
@@ -88,6 +92,22 @@ def run_inputs(cfg: DictConfig) -> tuple:
         probes = _same_form(cfg.data.name, cfg.data.nloc_path, cfg.data.nloc_records, data_path, dataset.requests,
                             "neighbourhood probe")
     return dataset, negatives, probes
+
+
+def relation_inputs(cfg: DictConfig, dataset) -> tuple:
+    """The run's same-subject probes (rloc) and the dev same-subject pairs its calibrations read, each ``None``
+    where the data group has none."""
+    from wise_edit.data import relation_probes, same_subject_pairs
+
+    probes = pairs = None
+    if cfg.nloc and cfg.sequential_edit and cfg.data.get("rloc"):
+        edited = dataset.extra.get("records") or list(range(cfg.data.get("first_record", 0),
+                                                            cfg.data.get("first_record", 0) + len(dataset.requests)))
+        probes = relation_probes(cfg.data.name, dataset.path, edited)
+    if cfg.data.get("same_subject_path"):
+        start, stop = cfg.data.same_subject_records
+        pairs = same_subject_pairs(cfg.data.name, _project_path(cfg.data.same_subject_path), start, stop)
+    return probes, pairs
 
 
 def saved_run_inputs(run_dir: Path, ds_size: int) -> tuple[DictConfig, tuple]:
@@ -157,7 +177,18 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
     version = code_version()  # the code that runs: a checkout changed during a long run must not be recorded
     hparams, hparams_file, benchmark_file = load_hparams(cfg)
     dataset, negatives, probes = run_inputs(cfg)
+    relations, pairs = relation_inputs(cfg, dataset)
     sources = {"negatives": negatives.description} if negatives else {}
+    same_form = negatives
+    if same_form is None and cfg.data.get("same_form_path"):
+        same_form = _same_form(cfg.data.name, cfg.data.same_form_path, cfg.data.same_form_records,
+                               _project_path(cfg.data_path or cfg.data.path), dataset.requests, "calibration")
+        sources["same_form"] = same_form.description
+    if relations is not None:
+        sources["rloc_probes"] = relations.description
+    if pairs is not None:
+        sources["same_subject_pairs"] = {"path": cfg.data.same_subject_path,
+                                         "records": list(cfg.data.same_subject_records), "n": len(pairs)}
     editor = LifelongEditor.from_hparams(hparams)
     checkpoint = output_dir / "checkpoint" if cfg.checkpoint_every and cfg.sequential_edit else None
     run_out = editor.edit_requests(dataset.requests, sequential_edit=cfg.sequential_edit,
@@ -165,8 +196,9 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
                                    eval_generation=cfg.eval_generation, progress=cfg.progress,
                                    checkpoint_dir=checkpoint, checkpoint_every=cfg.checkpoint_every,
                                    neighbourhood=(probes.prompts, probes.answers) if probes else None,
-                                   same_form=negatives.prompts if negatives else (),
-                                   use_chat_template=cfg.use_chat_template)
+                                   same_form=same_form.prompts if same_form else (),
+                                   use_chat_template=cfg.use_chat_template, same_subject=pairs or (),
+                                   relation_probes=(relations.prompts, relations.answers) if relations else None)
     run_out["timing"]["wall_seconds"] = time.perf_counter() - start
     if cfg.save_edits and cfg.sequential_edit:
         editor.save(output_dir / "edits")
@@ -177,6 +209,9 @@ def _run(cfg: DictConfig, output_dir: Path) -> dict:
         "blocks": run_out["blocks"],
         "requests": run_out["requests"],
         **({"neighbourhood": run_out["neighbourhood"]} if "neighbourhood" in run_out else {}),
+        **({"relation_probes": run_out["relation_probes"]} if "relation_probes" in run_out else {}),
+        **({"gate": editor.method.extra_state()["gate_calibration"]}
+           if "gate_calibration" in editor.method.extra_state() else {}),
         "config": {"run": OmegaConf.to_container(cfg, resolve=True), "hparams": hparams.to_dict(),
                    "hparams_file": str(hparams_file),
                    "benchmark_hparams_file": str(benchmark_file) if benchmark_file else None},

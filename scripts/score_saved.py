@@ -12,7 +12,7 @@ saved when it started (``<run>/.hydra/config.yaml``); its data files are then no
 hashes, and the output says so.
 
 ``--set KEY=VALUE`` (repeatable) scores the state with a hyperparameter changed, for settings that change no
-trained weight (a routing threshold such as MEMOIR's ``irr_threshold``, a gate's ``subject_radius``): one
+trained weight (a routing threshold such as MEMOIR's ``irr_threshold``, the fact gate's ``fact_radius``): one
 saved dev stream then gives a whole sweep. The output file's name and its ``hparams_overrides`` say what was set.
 """
 
@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import statistics
 import time
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
-from run_lifelong_editing import saved_run_data
+from run_lifelong_editing import relation_inputs, saved_run_data
 from wise_edit import HyperParams, LifelongEditor
 from wise_edit.chat import chat_prompts, chat_requests
 from wise_edit.evaluation import by_block, summarize
@@ -48,6 +50,10 @@ def main() -> None:
     meta = read_record(state)
     k = len(meta["edit_log"])
     dataset, probes, chat, verified = saved_run_data(run, k)
+    saved = run / ".hydra" / "config.yaml"
+    cfg = OmegaConf.load(saved) if saved.exists() else OmegaConf.create(
+        json.loads((run / "results.json").read_text())["config"]["run"])
+    relations, _ = relation_inputs(cfg, dataset)
     # keys of today's code (a key added since the run has its default in the state's hyperparameters)
     overrides = parse_overrides(args.overrides, HyperParams.from_dict(meta["hparams"], source=str(state)).to_dict())
     editor = LifelongEditor(HyperParams.from_dict({**meta["hparams"], **overrides}, source=str(state)))
@@ -57,10 +63,13 @@ def main() -> None:
         requests = chat_requests(editor.tok, requests)
         if probes:
             probes = dataclasses.replace(probes, prompts=chat_prompts(editor.tok, probes.prompts))
+        if relations:
+            relations = dataclasses.replace(relations, prompts=chat_prompts(editor.tok, relations.prompts))
     if [(r.prompt, r.target) for r in requests] != [(e["prompt"], e["target_new"]) for e in meta["edit_log"]]:
         raise SystemExit(f"error: {state} holds other edits than the first {k} requests of the run {run}")
     loc_before = editor.locality_before(requests)
     nloc_before = editor.answer_tokens(probes.prompts, probes.answers) if probes else None
+    rloc_before = editor.answer_tokens(relations.prompts, relations.answers) if relations else None
     editor.load_state(state)
     fmt = dataset.format
     results = [{**result, "prompt": prompt}  # the questions as given, as the run's results.json shows them
@@ -68,6 +77,9 @@ def main() -> None:
     summary = summarize(results, fmt.rephrase_name)
     if probes:
         summary["nloc"] = statistics.fmean(locality(nloc_before, editor.answer_tokens(probes.prompts, probes.answers)))
+    if relations and relations.prompts:
+        summary["rloc"] = statistics.fmean(locality(rloc_before, editor.answer_tokens(relations.prompts,
+                                                                                      relations.answers)))
     out = run / ("_".join([f"score_{args.state}_T{k}", *(f"{key}-{value}" for key, value in overrides.items())])
                  + ".json")
     write_json(out, {"summary": summary, "blocks": by_block(results, fmt.rephrase_name), "requests": results,

@@ -178,13 +178,13 @@ def test_multirun_writes_a_comparison_that_the_result_files_alone_regenerate(tin
 
 
 def _gated_run(tiny_dir, tmp_path, alg_name: str, hparams: str) -> tuple[Path, dict]:
-    """A 3-edit CLI run of the tiny model at layer 2, its subject gate at layer 0 with radius 0 (every recall
-    passes); ``hparams``: the method's other keys (YAML lines)."""
+    """A 3-edit CLI run of the tiny model at layer 2, its fact gate at layer 0 with radius -1 (every row
+    agrees); ``hparams``: the method's other keys (YAML lines)."""
     model = tiny_dir.parent / "tiny-model"
     hp = tmp_path / f"{alg_name}.yaml"
     hp.write_text(f"alg_name: {alg_name}\nmodel_name: {model}\ninner_params: ['model.layers[2].mlp.down_proj.weight']\n"
                   "n_prefixes: 2\nprefix_length: 4\nstop_loss: 0.0\n"
-                  "subject_params: model.layers[0].mlp.down_proj.weight\nsubject_radius: 0.0\n" + hparams)
+                  "gate_params: model.layers[0].mlp.down_proj.weight\nfact_radius: -1.0\n" + hparams)
     out = tmp_path / "run"
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("run", overrides=[f"alg_name={alg_name}", "data=zsre", "ds_size=3", f"hparams_file={hp}",
@@ -195,7 +195,7 @@ def _gated_run(tiny_dir, tmp_path, alg_name: str, hparams: str) -> tuple[Path, d
 
 
 def _wise_run(tiny_dir, tmp_path, extra: str = "") -> tuple[Path, dict]:
-    """A 3-edit WISE CLI run of the tiny model with the subject gate at radius 0 (every recall passes)."""
+    """A 3-edit WISE CLI run of the tiny model with the fact gate at radius -1 (every row agrees)."""
     return _gated_run(tiny_dir, tmp_path, "WISE", "edit_lr: 0.1\noptimizer: adam\nn_iter: 20\n"
                       "act_margin: [0.5, 3.0, 2.0]\nact_ratio: 0.8\nmerge_alg: sum\n" + extra)
 
@@ -208,8 +208,8 @@ def _diagnose_routing(monkeypatch):
     return module
 
 
-def test_diagnose_routing_bypasses_the_subject_gate_when_it_forces_the_memory(tiny_dir, tmp_path, monkeypatch):
-    """scripts/diagnose_routing.py tells a lost edit from a gated one: with a subject radius no query can reach,
+def test_diagnose_routing_bypasses_the_fact_gate_when_it_forces_the_memory(tiny_dir, tmp_path, monkeypatch):
+    """scripts/diagnose_routing.py tells a lost edit from a gated one: with a gate radius no query can reach,
     nothing is routed and Rel is the unedited model's, while forcing the memory (router and gate bypassed)
     shows what the side memory holds, and turning the gates off gives the run's own Rel back."""
     import subprocess

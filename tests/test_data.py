@@ -170,3 +170,47 @@ def test_first_record_starts_the_stream_later_in_the_file_and_is_recorded():
         load_dataset("hallucination", path, 300, first_record=100)
     with pytest.raises(DataError, match="first_record=306 but the file has 306 records"):
         load_dataset("hallucination", path, 1, first_record=306)
+
+
+def test_a_record_without_subject_is_a_request_without_subject(tmp_path):
+    bare = {k: v for k, v in RECORD.items() if k != "subject"}
+    requests = load_dataset("zsre", write(tmp_path, [RECORD, bare])).requests
+    assert [r.subject for r in requests] == ["s", None]
+    with pytest.raises(DataError, match=r"record 0: field 'subject' must be a string"):
+        load_dataset("zsre", write(tmp_path, [dict(RECORD, subject=3)]))
+
+
+CF = DATA / "counterfact" / "counterfact-train.json"
+
+
+def test_counterfact_real_file_relations_and_same_subject_probes():
+    from wise_edit.data import relation_ids, relation_probes, same_subject_pairs
+
+    first = load_dataset("counterfact", CF, 100, DATA / "counterfact" / "counterfact-val.json")
+    request = first.requests[0]
+    assert (request.prompt, request.target, request.subject) == ("Toko Yasuda, the", "piano", "Toko Yasuda")
+    assert request.rephrase == "Toko Yasuda is incredible at" and request.locality_answer == "guitar"
+    # the first 100 records ask about no subject that another record asks another relation of
+    assert relation_probes("counterfact", CF, list(range(100))).prompts == []
+    records = json.loads(CF.read_text())
+    val = json.loads((DATA / "counterfact" / "counterfact-val.json").read_text())
+    assert len(set(relation_ids(records + val, CF))) == 12
+    stream = load_dataset("counterfact", CF, stream="same_subject", last_record=5000)
+    edited = stream.extra["records"]
+    assert len(edited) == 90 and edited == sorted(edited) and all(i < 5000 for i in edited)
+    probes = relation_probes("counterfact", CF, edited)
+    assert probes.description["n"] == 102
+    relations = relation_ids(records, CF)
+    for position, j in probes.description["edit_and_record"]:
+        e = edited[position]
+        assert records[j]["subject"] == records[e]["subject"] and relations[j] != relations[e] and j not in edited
+    assert probes.prompts[0] == "Jack Wong Sue expired at" and probes.answers[0] == records[
+        probes.description["edit_and_record"][0][1]]["ground_truth"]
+    dev = load_dataset("counterfact", CF, stream="same_subject", first_record=5000)
+    assert len(dev.requests) == 32 and not {records[i]["subject"] for i in dev.extra["records"]} & {
+        r["subject"] for r in records[:5000]}
+    assert len(same_subject_pairs("counterfact", CF, 5000)) == 33
+    with pytest.raises(DataError, match="ds_size=91 but the file has only 90 same-subject edits there"):
+        load_dataset("counterfact", CF, 91, stream="same_subject", last_record=5000)
+    with pytest.raises(DataError, match="unknown stream 'pairs'"):
+        load_dataset("counterfact", CF, 5, stream="pairs")

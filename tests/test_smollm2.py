@@ -29,22 +29,30 @@ def test_model_shape_and_tied_embeddings(smol):
     assert tok.decode(out[0, ids.input_ids.shape[1]:]).strip().startswith("Paris")
 
 
-@pytest.mark.parametrize("alg", ["WISE", "MEMOIR"])
-def test_an_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smol, tmp_path, monkeypatch, alg):
-    """The shipped file: an edited capital changes, the capitals of other countries do not (the subject gate:
-    'France' and 'Japan' do not recall the edited subject 'Australia')."""
-    import json
+#: unedited questions of the test edits' forms (its dev data: the pool and the same-form calibration) and pairs
+#: of questions about one country asking different relations (the same-subject calibration)
+COUNTRIES = ["Germany", "Japan", "Italy", "Brazil", "Canada", "Egypt", "India", "Spain", "Mexico", "Kenya", "Norway",
+             "Chile", "Greece", "Peru", "Poland", "Turkey"]
+FORMS = ["What is the capital of {}?", "What currency does {} use?", "What language is spoken in {}?",
+         "Who wrote the novel {}?", "Which planet is the {}?"]
 
+
+@pytest.mark.parametrize("alg, subjects", [("WISE", True), ("WISE", False), ("MEMOIR", True), ("MEMOIR", False)])
+def test_an_edit_answers_its_fact_and_leaves_the_subjects_other_facts_and_its_neighbours(smol, tmp_path, monkeypatch,
+                                                                                      alg, subjects):
+    """The shipped file: an edited capital changes and so does its rephrasing; the capital of France, and the
+    currency and language of the edited country, do not (the fact gate), with or without subjects given."""
     import torch
 
-    from conftest import DATA, ROOT
+    from conftest import ROOT
     from wise_edit import HyperParams, LifelongEditor
 
     monkeypatch.setenv("WISE_EDIT_CACHE", str(tmp_path))  # background keys of this test only
     model, tok = smol
     hparams = HyperParams.from_hparams(ROOT / "hparams" / alg / "smollm2-135m.yaml")
     editor = LifelongEditor(hparams, model=model, tok=tok)
-    neighbours = ["What is the capital of France?", "What is the capital of Japan?"]
+    untouched = ["What is the capital of France?", "What currency does Australia use?",
+                 "What language is spoken in Australia?"]
 
     def greedy(prompts: list[str]) -> list[str]:
         answers = []
@@ -55,17 +63,18 @@ def test_an_edit_answers_itself_and_its_rephrasing_and_leaves_its_neighbours(smo
             answers.append(tok.decode(out[0, ids.input_ids.shape[1]:]))
         return answers
 
-    before = greedy(neighbours)
-    train = json.loads((DATA / "zsre" / "zsre_mend_train_1k.json").read_text())
-    # training-time texts: records 0-499 only (500-999 are evaluation probes)
+    before = greedy(untouched)
+    same_form = [form.format(country) for country in COUNTRIES for form in FORMS[:3]]
+    same_subject = [(FORMS[0].format(c), FORMS[1 + i % 2].format(c)) for i, c in enumerate(COUNTRIES)]
     try:
         editor.edit(prompts=["What is the capital of Australia?", "Who wrote the novel Hamlet?",
                              "Which planet is the largest?"],
-                    target_new=["Perth", "Jane Austen", "Saturn"], subject=["Australia", "Hamlet", "planet"],
-                    negative_prompts=[r["src"] for r in train[:3]],
-                    loc_prompts=[f"{r['loc']} {r['loc_ans']}" for r in train[:3]], sequential_edit=True)
+                    target_new=["Perth", "Jane Austen", "Saturn"],
+                    subject=["Australia", "Hamlet", "planet"] if subjects else None,
+                    loc_prompts=["nq question: who sang hey jude The Beatles"] * 3, same_form=same_form,
+                    same_subject=same_subject, sequential_edit=True)
         edited, rephrased = greedy(["What is the capital of Australia?", "Which city is Australia's capital?"])
         assert edited.strip().startswith("Perth") and "Perth" in rephrased
-        assert greedy(neighbours) == before
+        assert greedy(untouched) == before
     finally:
         editor.method.site.replace(editor.method.layer.base)  # the model is shared with the other tests

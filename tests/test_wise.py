@@ -167,12 +167,12 @@ def test_sum_merge_changes_nothing_served_and_every_covered_edit_still_scores(to
     assert served[4][2] == served[8][2] and served[4][2][-1] == 1.0  # the merge moved no score
 
 
-@pytest.mark.parametrize("gate", [{}, {"subject_params": "model.layers[0].mlp.down_proj.weight",
-                                         "subject_radius": 0.5}])
+@pytest.mark.parametrize("gate", [{}, {"gate_params": "model.layers[0].mlp.down_proj.weight",
+                                         "fact_radius": 0.5}])
 def test_retrieve_serves_its_first_memory_as_merge_mode_serves_the_same_edits(tok, gate):
     """The shipped file moved from WISE-Merge to WISE-Retrieve with a memory per 25 edits; the README's T=1 and
     T=10 rows rely on both giving the same answers up to the first memory's end (the new, empty memory never answers),
-    with the subject gate (which picks the memory in retrieve mode) and without."""
+    with the fact gate (which picks the memory in retrieve mode) and without."""
     outputs = {}
     for retrieve in (False, True):
         editor = LifelongEditor(wise_hp(retrieve=retrieve, save_freq=4, merge_freq=4 if retrieve else 8,

@@ -12,7 +12,6 @@ import torch
 from wise_edit import registered_methods
 from wise_edit.hparams import HyperParamsError
 from wise_edit.routing import MAIN
-from wise_edit.subject_gate import SubjectError
 
 from conftest import DATA, REQUESTS, ROOT, byte_tokenizer, routes, tiny_llama
 
@@ -27,7 +26,7 @@ from easyeditor.util.hparams import HyperParams as FrameworkHyperParams  # noqa:
 
 SITE = "model.layers[2].mlp.down_proj.weight"
 TINY = {"model_name": "tiny", "inner_params": [SITE], "n_prefixes": 2, "prefix_length": 4, "stop_loss": 0.0,
-        "subject_params": None}
+        "gate_params": None}
 
 
 def test_plugin_alone_never_imports_easyeditor_nor_patches_transformers():
@@ -108,13 +107,10 @@ def test_zsre_dataset_records_are_accepted_as_they_are():
     hp = easyedit.hparams_class("MEMOIR").from_hparams(ROOT / "hparams" / "MEMOIR" / "smollm2-135m.yaml").replace(
         **TINY, edit_lr=5.0, n_iter=20, top_k=32, irr_threshold=0.6)
     model, tok = tiny_llama(), byte_tokenizer()
-    gated = hp.replace(subject_params="model.layers[0].mlp.down_proj.weight")  # the shipped file's subject gate
-    with pytest.raises(SubjectError, match="request 0: .*has none .*subject_params: null"):
-        alg_dict.ALG_DICT["MEMOIR"](model, tok, [records[i] for i in range(3)], gated)
-    assert not easyedit.editor_for(model, "MEMOIR").edit_log  # refused before any edit
-    model = tiny_llama()
-    edited, _ = alg_dict.ALG_DICT["MEMOIR"](model, tok, [records[i] for i in range(3)], hp)
+    gated = hp.replace(gate_params="model.layers[0].mlp.down_proj.weight")  # the shipped file's fact gate
+    edited, _ = alg_dict.ALG_DICT["MEMOIR"](model, tok, [records[i] for i in range(3)], gated)
     editor = easyedit.editor_for(edited, "MEMOIR")
+    assert len(editor.method.gate.filed) == 3 and editor.method.gate.radius is not None  # no subject needed
     assert len(editor.method.memory.db) == 3
     assert [e["prompt"] for e in editor.edit_log] == [records[i]["prompt"] for i in range(3)]
     assert editor.method.memory.weight.abs().sum() > 0

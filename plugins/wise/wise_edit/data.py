@@ -1,4 +1,5 @@
-"""Loaders for the lifelong-editing benchmarks (ZsRE, Temporal, Hallucination) as :class:`EditRequest` streams.
+"""Loaders for the lifelong-editing benchmarks (ZsRE, CounterFact, Temporal, Hallucination) as :class:`EditRequest`
+streams.
 
 Each request gets its prompt, target, subject, locality probe, an irrelevant training text drawn from another
 file (``irrelevant_text``), optionally a same-form negative (:func:`add_negatives`) and, where the benchmark
@@ -38,6 +39,8 @@ class DataFormat:
     #: (record field, question key, answer key) of a portability probe (``summary.port``); a record without the
     #: field, or with an empty question or answer, has none
     portability: tuple[str, str, str] | None = None
+    #: request fields a record may lack (EasyEdit's own records carry no subject)
+    optional: tuple[str, ...] = ("subject",)
 
 
 FORMATS: dict[str, DataFormat] = {
@@ -53,6 +56,18 @@ FORMATS: dict[str, DataFormat] = {
         loc_fields=("loc", "loc_ans"),
         probe_fields=("src", "answers"),
         portability=("portability", "New Question", "New Answer"),
+    ),
+    "counterfact": DataFormat(
+        fields={
+            "prompt": "prompt",
+            "target": "target_new",
+            "rephrase": "rephrase_prompt",
+            "locality_question": "locality_prompt",
+            "locality_answer": "locality_ground_truth",
+            "subject": "subject",
+        },
+        loc_fields=("locality_prompt", "locality_ground_truth"),
+        probe_fields=("prompt", "ground_truth"),
     ),
     "temporal": DataFormat(
         fields={
@@ -133,26 +148,37 @@ def _text(record: Any, index: int, name: str, path: Path, may_be_empty: bool = F
 
 def load_dataset(
     name: str, path: str | Path, ds_size: int | None = None, loc_path: str | Path | None = None, loc_offset: int = 0,
-    first_record: int = 0,
+    first_record: int = 0, stream: str = "first", last_record: int | None = None,
 ) -> EditDataset:
     """``ds_size`` records of ``path`` from record ``first_record`` on as requests, ``loc_prompt`` drawn from
     ``loc_path`` in order from record ``loc_offset`` on (a dev stream drawn from the train file sets it past its
     own records, so its irrelevant training texts are not its own locality probes; ``first_record`` keeps a dev
-    stream off records that are another run's probes)."""
+    stream off records that are another run's probes).
+
+    ``stream="same_subject"`` (a format with relations, :func:`relation_ids`) edits instead, in file order, the
+    first record of each subject that first occurs in ``[first_record, last_record)`` and has a record asking
+    another relation: a stream every edit of which has same-subject probes (:func:`relation_probes`)."""
     if name not in FORMATS:
         raise DataError(f"unknown data format {name!r}; known: {sorted(FORMATS)}")
     fmt = FORMATS[name]
     path = Path(path)
-    records = _read_records(path)
-    if not 0 <= first_record < len(records):
-        raise DataError(f"{path}: first_record={first_record} but the file has {len(records)} records")
-    if ds_size is not None:
-        if ds_size < 1:
-            raise DataError(f"ds_size must be >= 1, got {ds_size}")
-        if first_record + ds_size > len(records):
-            start = f" from record {first_record}" if first_record else ""
-            raise DataError(f"{path}: ds_size={ds_size}{start} but the file has only {len(records)} records")
-    records = records[first_record:first_record + ds_size if ds_size is not None else None]
+    all_records = _read_records(path)
+    if not 0 <= first_record < len(all_records):
+        raise DataError(f"{path}: first_record={first_record} but the file has {len(all_records)} records")
+    if ds_size is not None and ds_size < 1:
+        raise DataError(f"ds_size must be >= 1, got {ds_size}")
+    if stream == "first":
+        chosen = list(range(first_record, len(all_records)))
+    elif stream == "same_subject":
+        chosen = same_subject_stream(all_records, path, first_record, last_record)
+    else:
+        raise DataError(f"unknown stream {stream!r}; known: 'first', 'same_subject'")
+    if ds_size is not None and ds_size > len(chosen):
+        start = f" from record {first_record}" if first_record else ""
+        has = f"{len(all_records)} records" if stream == "first" else f"{len(chosen)} same-subject edits there"
+        raise DataError(f"{path}: ds_size={ds_size}{start} but the file has only {has}")
+    chosen = chosen[:ds_size]
+    records = [all_records[i] for i in chosen]
     loc_prompts: list[str] = []
     if loc_path is not None:
         loc_path = Path(loc_path)
@@ -165,18 +191,22 @@ def load_dataset(
                 loc_records[j], j, fmt.loc_fields[1], loc_path, may_be_empty=True)
             loc_prompts.append(f"{text} {answer}".strip())
     requests, no_locality = [], []
-    for i, record in enumerate(records):
+    for i, (index, record) in enumerate(zip(chosen, records)):
         values: dict[str, Any] = {"case_id": i}
         for key, source in fmt.fields.items():
-            values[key] = _text(record, first_record + i, source, path, may_be_empty=key in fmt.may_be_empty)
+            if key in fmt.optional and isinstance(record, dict) and source not in record:
+                continue
+            values[key] = _text(record, index, source, path, may_be_empty=key in fmt.may_be_empty)
         if "locality_answer" in values and not values["locality_answer"].strip():
             del values["locality_question"], values["locality_answer"]
-            no_locality.append(first_record + i)
+            no_locality.append(index)
         values["irrelevant_text"] = loc_prompts[i] if loc_prompts else None
         if fmt.portability is not None:
-            values.update(_portability(record, first_record + i, fmt.portability, path))
+            values.update(_portability(record, index, fmt.portability, path))
         requests.append(EditRequest(**values))
     extra: dict[str, Any] = {"first_record": first_record} if first_record else {}
+    if stream != "first":
+        extra.update(stream=stream, records=chosen, last_record=last_record)
     if no_locality:
         extra["records_without_locality_probe"] = no_locality
     return EditDataset(name=name, path=str(path), sha256=sha256_file(path), requests=requests, format=fmt,
@@ -195,6 +225,94 @@ def _portability(record: dict[str, Any], index: int, spec: tuple[str, str, str],
     if not (isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()):
         return {}
     return {"portability_question": question, "portability_answer": answer}
+
+
+def relation_ids(records: list[Any], path: Path) -> list[int]:
+    """One relation id per CounterFact-format record, inferred from its texts (the file has no relation field).
+
+    A record's prompt and its rephrasing ask one relation of one subject, so their templates (the subject
+    replaced by a placeholder, a leading context sentence dropped) belong to one relation: templates linked that
+    way, over the whole file, form the relations. CounterFact's 10000 train + 1919 val records give 12 groups
+    (a group may join relations whose templates are shared, e.g. country-valued ones: two records of different
+    groups surely ask different relations)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    templates = []
+    for i, record in enumerate(records):
+        subject = _text(record, i, "subject", path)
+        pair = [_template(_text(record, i, key, path), subject) for key in ("prompt", "rephrase_prompt")]
+        if pair[0] is None:
+            raise DataError(f"{path}: record {i}: subject {subject!r} does not occur in its prompt")
+        parent[find(pair[0])] = find(pair[1] or pair[0])
+        templates.append(pair[0])
+    roots: dict[str, int] = {}
+    return [roots.setdefault(find(t), len(roots)) for t in templates]
+
+
+def _template(text: str, subject: str) -> str | None:
+    if subject not in text:
+        return None
+    text = text.replace(subject, "{}", 1)
+    head = text[:text.index("{}")]
+    cut = max(head.rfind(". "), head.rfind("\n"), head.rfind("? "), head.rfind("! "))
+    return text[cut + 1:].strip()
+
+
+def same_subject_stream(records: list[Any], path: Path, start: int, stop: int | None) -> list[int]:
+    """Indices of the first record of each subject first seen in ``[start, stop)`` that has a record asking
+    another relation, in file order."""
+    relations = relation_ids(records, path)
+    first: dict[str, int] = {}
+    kinds: dict[str, set[int]] = {}
+    for i, record in enumerate(records):
+        first.setdefault(record["subject"], i)
+        kinds.setdefault(record["subject"], set()).add(relations[i])
+    stop = len(records) if stop is None else stop
+    return [i for subject, i in first.items() if start <= i < stop and len(kinds[subject]) > 1]
+
+
+def relation_probes(name: str, path: str | Path, edited: list[int]) -> ProbeSet:
+    """Same-subject locality probes (rloc): every record of ``path`` that is not edited, has the subject of an
+    edited record (``edited``: record indices) and asks another relation; question and answer by the format's
+    ``probe_fields`` (CounterFact: the prompt and its true answer)."""
+    path = Path(path)
+    records = _read_records(path)
+    relations = relation_ids(records, path)
+    question, answer = FORMATS[name].probe_fields
+    by_subject: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        by_subject.setdefault(record["subject"], []).append(i)
+    edited_set = set(edited)
+    prompts, answers, owners = [], [], []
+    for position, e in enumerate(edited):
+        for j in by_subject[records[e]["subject"]]:
+            if j not in edited_set and relations[j] != relations[e]:
+                prompts.append(_text(records[j], j, question, path))
+                answers.append(_text(records[j], j, answer, path))
+                owners.append([position, j])
+    return ProbeSet(prompts, answers, {"path": str(path), "sha256": sha256_file(path), "fields": [question, answer],
+                                       "n": len(prompts), "edit_and_record": owners})
+
+
+def same_subject_pairs(name: str, path: str | Path, start: int, stop: int | None = None) -> list[tuple[str, str]]:
+    """Dev pairs for calibration: for each subject first seen in ``[start, stop)`` of ``path``, its first record's
+    question with each of its records asking another relation."""
+    path = Path(path)
+    records = _read_records(path)
+    relations = relation_ids(records, path)
+    question = FORMATS[name].probe_fields[0]
+    pairs = []
+    for e in same_subject_stream(records, path, start, stop):
+        for j, record in enumerate(records):
+            if j != e and record["subject"] == records[e]["subject"] and relations[j] != relations[e]:
+                pairs.append((_text(records[e], e, question, path), _text(record, j, question, path)))
+    return pairs
 
 
 @dataclass
@@ -279,7 +397,10 @@ def run_data(payload: dict[str, Any], ds_size: int | None = None) -> RunData:
         if sha256_file(record["path"]) != record["sha256"]:
             raise DataError(f"{record['path']}: changed since the run ({what} sha256 differs)")
     dataset = load_dataset(data["name"], data["path"], ds_size or data["ds_size"], data.get("loc_path"),
-                           cfg.get("loc_offset", 0), data.get("first_record", 0))
+                           cfg.get("loc_offset", 0), data.get("first_record", 0), cfg.get("stream", "first"),
+                           cfg.get("last_record"))
+    if data.get("subjects") is False:
+        dataset.requests[:] = [r.replace(subject=None) for r in dataset.requests]
 
     def same_form(record: dict[str, Any]) -> ProbeSet:
         return load_same_form(data["name"], record["path"], tuple(record["records"]), data["path"])

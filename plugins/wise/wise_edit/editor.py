@@ -145,7 +145,9 @@ class LifelongEditor:
                       rel_metric: str = "accuracy", rephrase_name: str = "gen", eval_generation: bool = False,
                       progress: bool = True, checkpoint_dir: str | Path | None = None,
                       checkpoint_every: int = 0, neighbourhood: tuple[list[str], list[str]] | None = None,
-                      same_form: Sequence[str] = (), use_chat_template: bool = False) -> dict[str, Any]:
+                      same_form: Sequence[str] = (), use_chat_template: bool = False,
+                      same_subject: Sequence[tuple[str, str]] = (),
+                      relation_probes: tuple[list[str], list[str]] | None = None) -> dict[str, Any]:
         """Apply ``requests`` (in order) and score them: sequentially (every edit stays; each request is scored
         on the final model) or one at a time (each request is edited, scored, and undone).
 
@@ -154,7 +156,10 @@ class LifelongEditor:
         ``neighbourhood`` (prompts, answers): unedited questions of the edits' form, scored like Loc after the
         whole stream (``summary.nloc``, sequential only: it asks what the final model does to its neighbours).
         ``same_form``: unedited questions of the edits' form for the method's calibrations (never the
-        neighbourhood probes, which are reserved for evaluation).
+        neighbourhood probes, which are reserved for evaluation); ``same_subject``: dev pairs of questions about one
+        subject asking different relations, for the same calibrations.
+        ``relation_probes`` (prompts, answers): questions asking another relation of an edited subject, scored like
+        Loc after the whole stream (``summary.rloc``, sequential only).
         ``use_chat_template``: every question (requests, probes, same-form texts) is put in the tokenizer's chat
         template for editing, routing and scoring (:mod:`wise_edit.chat`); results show the questions as given.
         """
@@ -164,22 +169,28 @@ class LifelongEditor:
         requests = as_requests(requests)
         given = [r.prompt for r in requests]
         given_probes = list(neighbourhood[0]) if neighbourhood is not None else []
+        given_relations = list(relation_probes[0]) if relation_probes is not None else []
         if use_chat_template:
             requests = chat_requests(self.tok, requests)
             same_form = chat_prompts(self.tok, same_form)
+            same_subject = list(zip(chat_prompts(self.tok, [a for a, _ in same_subject]),
+                                    chat_prompts(self.tok, [b for _, b in same_subject])))
             if neighbourhood is not None:
                 neighbourhood = (chat_prompts(self.tok, neighbourhood[0]), list(neighbourhood[1]))
+            if relation_probes is not None:
+                relation_probes = (chat_prompts(self.tok, relation_probes[0]), list(relation_probes[1]))
         self.method.check_requests(requests)
-        if neighbourhood is not None and not sequential_edit:
-            raise ValueError("neighbourhood locality is measured on the final model of a sequential stream; "
-                             "sequential_edit is False")
+        if (neighbourhood is not None or relation_probes is not None) and not sequential_edit:
+            raise ValueError("neighbourhood and same-subject locality are measured on the final model of a "
+                             "sequential stream; sequential_edit is False")
         neighbours_before = self.answer_tokens(*neighbourhood) if neighbourhood is not None else None
+        relations_before = self.answer_tokens(*relation_probes) if relation_probes is not None else None
         loc_before_all = self.locality_before(requests)
         # what the unedited model writes for the probes that must not change
         loc_text_before_all = self.locality_generations(requests) if eval_generation else [None] * len(requests)
         if eval_generation and neighbourhood is not None:
             neighbours_text_before = self.free_answers(*neighbourhood)
-        self.prepare(requests, same_form)
+        self.prepare(requests, same_form, same_subject)
         resumed, done = StreamProgress(), 0
         if checkpoint_dir is not None:
             if not sequential_edit:
@@ -209,6 +220,8 @@ class LifelongEditor:
                     neighbours = locality(neighbours_before, self.answer_tokens(*neighbourhood))
                     if eval_generation:
                         neighbours_text = answers_match(self.free_answers(*neighbourhood), neighbours_text_before)
+                if relation_probes is not None:
+                    relations = locality(relations_before, self.answer_tokens(*relation_probes))
         else:
             snapshot = self.method.state_dict()
             results = []
@@ -237,6 +250,10 @@ class LifelongEditor:
                 summary["gen_nloc"] = statistics.fmean(neighbours_text)
                 for row, value in zip(out["neighbourhood"], neighbours_text):
                     row["gen_nloc"] = value
+        if relation_probes is not None and relation_probes[0]:
+            summary["rloc"] = statistics.fmean(relations)
+            out["relation_probes"] = [{"prompt": p, "answer": a, "rloc": v}
+                                      for p, a, v in zip(given_relations, relation_probes[1], relations)]
         return {
             **out,
             "timing": {"total_seconds": total, "edit_seconds": edit_seconds,
@@ -244,11 +261,12 @@ class LifelongEditor:
                        "eval_seconds": total - edit_seconds, "resumed_edits": done},
         }
 
-    def prepare(self, requests: Sequence[EditRequest | dict[str, Any]], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: Sequence[EditRequest | dict[str, Any]], same_form: Sequence[str] = (),
+                same_subject: Sequence[tuple[str, str]] = ()) -> None:
         """The method's calibrations over the stream, once per editor, before its first edit."""
         if not self._prepared:
             with phase("prepare"):
-                self.method.prepare(as_requests(requests), same_form)
+                self.method.prepare(as_requests(requests), same_form, same_subject)
             self._prepared = True
 
     def apply(self, requests: Sequence[EditRequest | dict[str, Any]], record: bool = True) -> dict[str, Any]:

@@ -40,10 +40,10 @@ def by_block(results: list[dict[str, Any]], rephrase_name: str = "gen", n_blocks
 
 
 #: summary names shown as table columns, in this order (a column appears when some row has it)
-TABLE_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "avg", "port", "ppl", "gen_em", "gen_rel", "gen_gen",
+TABLE_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "rloc", "avg", "port", "ppl", "gen_em", "gen_rel", "gen_gen",
                  "gen_ood", "gen_loc", "gen_nloc")
 #: summary names drawn in the comparison plot (accuracies in [0, 1]; ``ppl`` on its own log axis), and their
 #: panel titles
-PLOTTED = ("rel", "ppl", "gen", "ood", "loc", "nloc", "port", "avg", "gen_rel", "gen_gen", "gen_ood", "gen_loc")
-TITLES = {"ppl": "Rel as PPL (lower is better)", "nloc": "Neighbourhood Loc", "port": "Portability", "ood": "OOD Gen", "gen_rel": "Rel (generated)",
+PLOTTED = ("rel", "ppl", "gen", "ood", "loc", "nloc", "rloc", "port", "avg", "gen_rel", "gen_gen", "gen_ood", "gen_loc")
+TITLES = {"ppl": "Rel as PPL (lower is better)", "nloc": "Neighbourhood Loc", "rloc": "Same-subject Loc", "port": "Portability", "ood": "OOD Gen", "gen_rel": "Rel (generated)",
           "gen_gen": "Gen (generated)", "gen_ood": "OOD Gen (generated)", "gen_loc": "Loc (generated)"}

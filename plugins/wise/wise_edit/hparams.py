@@ -234,24 +234,31 @@ class SharedMemoryHyperParams(TrainedEditHyperParams):
     #: ``negative_prompt`` (unedited questions of the edits' form: what every such question shares is then
     #: subtracted, and what is left is what it asks about)
     background_from: str = "loc_prompt"
-    #: an early matrix (an ``inner_params``-style path) whose input keys, at the tokens of each edit's subject,
-    #: decide whether a query names that subject (:mod:`wise_edit.subject_gate`); None: no subject gate
-    subject_params: Union[str, None] = None
-    #: least recall of an edit's subject tokens for the memory to answer a query with that edit
-    subject_radius: float = 0.5
-    #: edits whose subject a query recalls within this of the best are told apart by their whole prompts
-    #: (:func:`wise_edit.subject_gate.agreement`): one subject edited more than once
-    subject_tie: float = 0.0
+    #: an early matrix (an ``inner_params``-style path) whose input keys at each edit's prompt decide whether a
+    #: query asks that edit's fact (:mod:`wise_edit.fact_gate`); None: no fact gate
+    gate_params: Union[str, None] = None
+    #: least weighted recall of an edit's prompt by a query (template words weigh ~0) for the memory to
+    #: answer with that edit; None: both radii calibrated before the first edit from the dev texts
+    fact_radius: Union[float, None] = None
+    #: least plain agreement (every word weighs 1; keeps other relations of an edited subject out); None: none
+    #: unless calibrated
+    relation_radius: Union[float, None] = None
+    #: where the calibrated radii sit: the quantile of the best weighted recall unedited same-form questions
+    #: reach among each other, and the quantile of the plain agreement of same-subject, other-relation pairs
+    gate_quantiles: list[float] = dataclasses.field(default_factory=lambda: [0.98, 0.9])
+    #: with a subject given, the query must also recall the subject's tokens by this much; None: subjects unused
+    subject_radius: Union[float, None] = None
 
     def validate(self, source: str) -> None:
         super().validate(source)
         self._at_least(source, protect=0, n_background=1)
-        if not -1 <= self.subject_radius <= 1:
-            raise HyperParamsError(f"{source}: key 'subject_radius' is a cosine, in [-1, 1]; "
-                                   f"got {self.subject_radius}")
-        if not 0 <= self.subject_tie <= 2:
-            raise HyperParamsError(f"{source}: key 'subject_tie' is a difference of cosines, in [0, 2]; "
-                                   f"got {self.subject_tie}")
+        for key in ("fact_radius", "relation_radius", "subject_radius"):
+            value = getattr(self, key)
+            if value is not None and not -1 <= value <= 1:
+                raise HyperParamsError(f"{source}: key {key!r} is a cosine, in [-1, 1]; got {value}")
+        if len(self.gate_quantiles) != 2 or not all(0 <= q <= 1 for q in self.gate_quantiles):
+            raise HyperParamsError(f"{source}: key 'gate_quantiles' is two quantiles in [0, 1] (same-form, "
+                                   f"same-subject); got {self.gate_quantiles}")
         if self.background_from not in ("loc_prompt", "negative_prompt"):
             raise HyperParamsError(f"{source}: key 'background_from' must be 'loc_prompt' or 'negative_prompt', "
                                    f"got {self.background_from!r}")

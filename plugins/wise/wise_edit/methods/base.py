@@ -61,11 +61,13 @@ class EditMethod(ABC):
     def check_requests(self, requests: list[EditRequest]) -> None:
         """Refuse a stream this method cannot edit before anything runs (raises); default: every stream."""
 
-    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = (),
+                same_subject: Sequence[tuple[str, str]] = ()) -> None:
         """Called once with the whole request stream before the first edit (for calibrations); default: none.
 
         ``same_form``: unedited questions of the edits' form, a fixed set whatever the stream's length (for
-        calibrations that must tell an edit from its neighbours).
+        calibrations that must tell an edit from its neighbours); ``same_subject``: pairs of unedited questions
+        about one subject that ask different relations (for calibrations that must tell a fact from its subject).
         """
 
     @abstractmethod

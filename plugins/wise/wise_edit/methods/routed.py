@@ -8,7 +8,7 @@ same background key (the mean key of the stream's irrelevant texts) before their
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..hparams import SharedMemoryHyperParams, TrainedEditHyperParams
 from ..request import EditRequest
 from ..routing import Memory, RoutedLinear
-from ..subject_gate import Filing, SubjectGate
+from ..fact_gate import FactGate, Filing
 from ..training.background import background_mean, background_texts
 from .base import EditMethod
 
@@ -29,10 +29,10 @@ class RoutedEditMethod(EditMethod):
     def __init__(self, model: PreTrainedModel, tok: PreTrainedTokenizerBase, hparams: TrainedEditHyperParams):
         super().__init__(model, tok, hparams)
         self.memory = self.build_memory(self.site.linear)
-        subject_params = getattr(hparams, "subject_params", None)
-        self.gate = None if subject_params is None else SubjectGate(model, tok, subject_params,
-                                                                    hparams.subject_radius, self.memory,
-                                                                    hparams.subject_tie)
+        gate_params = getattr(hparams, "gate_params", None)
+        self.gate = None if gate_params is None else FactGate(model, tok, gate_params, self.memory,
+                                                              hparams.fact_radius, hparams.relation_radius,
+                                                              hparams.subject_radius)
         self.layer = RoutedLinear(self.site.linear, self.gate or self.memory)
         self.site.replace(self.layer)
         self.layer.watch(model.get_decoder())
@@ -49,13 +49,31 @@ class RoutedEditMethod(EditMethod):
                                  hp.background_from)
         return background_mean(self.model, self.tok, self.site, self.layer.base.weight, texts, hp.max_length)
 
+    def prepare_gate(self, requests: list[EditRequest], same_form: Sequence[str],
+                     same_subject: Sequence[tuple[str, str]]) -> None:
+        """The fact gate's pool and (unless set in the hyperparameters) radii from the dev texts, before the first
+        edit; without any same-form questions, from the stream's own ``negative_prompt`` questions or, without
+        those either, from the model's own short texts (a weak stand-in: pass ``same_form``)."""
+        if self.gate is None or self.gate.prompts.count or self.gate.pool.numel():
+            return  # set once, before the first edit (or brought by a saved state)
+        texts = list(dict.fromkeys(same_form)) or background_texts(requests, 400, self.model, self.tok,
+                                                                   self.hparams.prefix_length, "negative_prompt")
+        if self.gate.radius is None:
+            self.gate.calibrate(texts, same_subject, self.hparams.gate_quantiles)
+        else:
+            self.gate.set_pool(texts[:len(texts) // 2])
+
+    def extra_state(self) -> dict[str, Any]:
+        calibration = self.gate.calibration if self.gate is not None else None
+        return {**super().extra_state(), **({"gate_calibration": vars(calibration)} if calibration else {})}
+
     def check_requests(self, requests: list[EditRequest]) -> None:
         if self.gate is not None:
             for request in requests:
                 self.gate.check(request)
 
     def filings(self, requests: list[EditRequest]) -> list[Filing]:
-        """What the subject gate keeps of each request (nothing without a gate), read before training: a request
+        """What the fact gate keeps of each request (nothing without a gate), read before training: a request
         the gate cannot file fails before its edit is made."""
         return [] if self.gate is None else [self.gate.filing(request) for request in requests]
 
@@ -73,7 +91,3 @@ class RoutedEditMethod(EditMethod):
         self.memory.load_state_dict(state)
         if self.gate is not None:
             self.gate.load_state_dict(state)
-
-    def read_edit_log(self, prompts: list[str]) -> None:
-        if self.gate is not None and self.gate.lacks_prompts:
-            self.gate.file_prompts(prompts)

@@ -31,8 +31,11 @@ class MEMOIR(RoutedEditMethod):
         return ResidualMemory(linear.weight.shape, linear.weight.device, hp.top_k, hp.irr_threshold, hp.seed,
                               hp.protect)
 
-    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
-        """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes)."""
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = (),
+                same_subject: Sequence[tuple[str, str]] = ()) -> None:
+        """Background mean from the stream's irrelevant prompts (or, without any, the model's own prefixes); the
+        fact gate's radius from the dev texts."""
+        self.prepare_gate(requests, same_form, same_subject)
         if self._calibrated:
             return
         self.memory.hash.background = self.background_key(requests)

@@ -36,7 +36,8 @@ class ROME(EditMethod):
                                  for s in self.sites]
         return self._moments
 
-    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = (),
+                same_subject: Sequence[tuple[str, str]] = ()) -> None:
         self.moments()
 
     def value_vectors(self, requests: list[EditRequest], site_index: int

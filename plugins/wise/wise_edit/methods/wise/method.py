@@ -46,11 +46,13 @@ class WISE(RoutedEditMethod):
         side.open()
         return side
 
-    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = ()) -> None:
+    def prepare(self, requests: list[EditRequest], same_form: Sequence[str] = (),
+                same_subject: Sequence[tuple[str, str]] = ()) -> None:
         """With ``center_keys``: the background key of the stream's irrelevant prompts (as MEMOIR's TopHash).
         With ``match_radius``: the match gate's pool, the first ``match_texts`` of ``same_form`` (or, without
         them, of the stream's ``negative_prompt`` questions)."""
         hp = self.hparams
+        self.prepare_gate(requests, same_form, same_subject)
         if not self._centered:
             self.memory.center = self.background_key(requests)
             self._centered = True
