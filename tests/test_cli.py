@@ -53,6 +53,32 @@ def test_results_json_records_everything_and_means_match(tiny_dir, tmp_path, cap
     assert "| FT-L | 3 |" in table and "nloc" in table
 
 
+def test_a_counterfact_run_scores_same_subject_locality_and_records_its_gate(tiny_dir, tmp_path):
+    """data=counterfact with the same-subject stream: every edit has probes asking another relation of its
+    subject, scored like Loc (summary.rloc); a gated method records its calibrated radii; subjects=false
+    removes the subjects before editing."""
+    hp = tmp_path / "memoir.yaml"
+    hp.write_text(f"alg_name: MEMOIR\nmodel_name: {tiny_dir.parent / 'tiny-model'}\n"
+                  "inner_params: ['model.layers[2].mlp.down_proj.weight']\nn_prefixes: 2\nprefix_length: 4\n"
+                  "n_iter: 3\ntop_k: 32\nirr_threshold: 0.6\ngate_params: model.layers[0].mlp.down_proj.weight\n")
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=["alg_name=MEMOIR", "data=counterfact", "data.stream=same_subject", "ds_size=3",
+                                        f"hparams_file={hp}", f"output_dir={out}", "progress=false",
+                                        "eval_generation=false", "subjects=false", f"data_root={DATA}"])
+    cli.run(cfg)
+    result = json.loads((out / "results.json").read_text())
+    probes = result["relation_probes"]
+    assert result["data"]["records"][:3] == result["data"]["records"] and len(result["data"]["records"]) == 3
+    assert result["data"]["rloc_probes"]["n"] == len(probes) >= 3 and probes[0]["prompt"] == "Jack Wong Sue expired at"
+    assert result["summary"]["rloc"] == pytest.approx(statistics.fmean(p["rloc"] for p in probes))
+    assert "nloc" not in result["summary"] and result["data"]["same_subject_pairs"]["n"] == 33
+    assert result["data"]["subjects"] is False
+    gate = result["gate"]
+    # the pool: half of the 493 distinct prompts of val records 0-499
+    assert gate["n_same_subject"] == 33 and gate["n_pool"] == 246 and gate["relation_radius"] is not None
+
+
 def test_a_benchmark_file_beside_the_hparams_file_applies_to_that_benchmark_only(tiny_dir):
     """``<file>.<data>.yaml`` (the keys a benchmark's dev stream chose) sits between the file and the command line."""
     (tiny_dir.parent / "ftl.temporal.yaml").write_text("n_iter: 70\nedit_lr: 0.01\n")
