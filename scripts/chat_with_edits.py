@@ -15,6 +15,7 @@ model's chat template, and ``chat`` puts what you type in it too (the choice is 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 from pathlib import Path
 
@@ -33,6 +34,8 @@ EXAMPLES = [
 
 
 SETTINGS = "chat_settings.json"
+#: unedited questions of the examples' form (ZsRE train records 0-499, dev data): the fact gate calibrates on them
+SAME_FORM = Path(os.environ.get("WISE_EDIT_DATA", ROOT.parent / "shared" / "data")) / "zsre" / "zsre_mend_train_1k.json"
 
 
 def edit(args: argparse.Namespace) -> None:
@@ -40,8 +43,14 @@ def edit(args: argparse.Namespace) -> None:
 
     requests = json.loads(Path(args.requests).read_text()) if args.requests else EXAMPLES
     hparams = HyperParams.from_hparams(ROOT / "hparams" / args.alg / "smollm2-135m.yaml")
+    if all(r.get("subject") for r in requests) and hasattr(hparams, "subject_radius"):
+        # every example names its subject: let the fact gate read it too (the ZsRE pool alone weighs "capital"
+        # above "Australia", so "What is the capital of France?" would recall the Australia edit)
+        hparams = hparams.replace(subject_radius=0.5)
     editor = LifelongEditor.from_hparams(hparams.replace(target_eos=args.target_eos))
-    run = editor.edit_requests(requests, sequential_edit=True, use_chat_template=args.chat_template)
+    same_form = [r["src"] for r in json.loads(SAME_FORM.read_text())[:500]] if SAME_FORM.is_file() else []
+    run = editor.edit_requests(requests, sequential_edit=True, use_chat_template=args.chat_template,
+                               same_form=same_form)
     for result in run["requests"]:
         print(f"{result['prompt']!r} -> {result['target_new']!r}: Rel {result['rewrite_acc']:.2f}")
     saved = save_edits(editor, args.directory)

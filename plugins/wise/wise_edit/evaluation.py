@@ -45,5 +45,6 @@ TABLE_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "rloc", "avg", "port", "ppl
 #: summary names drawn in the comparison plot (accuracies in [0, 1]; ``ppl`` on its own log axis), and their
 #: panel titles
 PLOTTED = ("rel", "ppl", "gen", "ood", "loc", "nloc", "rloc", "port", "avg", "gen_rel", "gen_gen", "gen_ood", "gen_loc")
-TITLES = {"ppl": "Rel as PPL (lower is better)", "nloc": "Neighbourhood Loc", "rloc": "Same-subject Loc", "port": "Portability", "ood": "OOD Gen", "gen_rel": "Rel (generated)",
-          "gen_gen": "Gen (generated)", "gen_ood": "OOD Gen (generated)", "gen_loc": "Loc (generated)"}
+TITLES = {"ppl": "Rel as PPL (lower is better)", "nloc": "Neighbourhood Loc", "rloc": "Same-subject Loc",
+          "port": "Portability", "ood": "OOD Gen", "gen_rel": "Rel (generated)", "gen_gen": "Gen (generated)",
+          "gen_ood": "OOD Gen (generated)", "gen_loc": "Loc (generated)"}
