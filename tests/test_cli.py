@@ -307,3 +307,19 @@ def test_diagnose_routing_tells_a_mask_threshold_miss_from_a_lost_memory_in_memo
     assert missed["rel_memory_forced"] == pytest.approx(home["rel"])
     swapped = diagnose_routing.diagnose(editor, prompts, targets, [1, 2, 0])
     assert swapped["rel_memory_forced"] < home["rel"] - 0.2
+
+
+def test_sweep_gate_scores_saved_edits_at_each_fact_radius(tiny_dir, tmp_path):
+    """scripts/sweep_gate.py: at a radius no row reaches the unedited model answers (Rel falls), with the gate
+    off the run's own figures come back, and the table is written."""
+    import subprocess
+    import sys
+
+    out, run = _wise_run(tiny_dir, tmp_path)
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep_gate.py"), str(out), "--gate", "fact",
+                           "--radii", "none", "2.0"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads((out / "fact_radius_sweep.json").read_text())["rows"]
+    assert [r["radius"] for r in rows] == ["none", "2.0"]
+    assert rows[0]["rel"] == pytest.approx(run["summary"]["rel"])
+    assert rows[1]["rel"] < rows[0]["rel"] - 0.2 and rows[1]["loc"] == 1.0
