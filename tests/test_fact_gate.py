@@ -7,8 +7,9 @@ import torch.nn.functional as F
 
 from wise_edit import HyperParams, LifelongEditor
 from wise_edit.errors import EditStateError
-from wise_edit.fact_gate import FactGate, Filing, PromptKeys, agreement, distinctness
+from wise_edit.fact_gate import FactGate, Filing, PromptKeys, agreement
 from wise_edit.hparams import HyperParamsError
+from wise_edit.matching import token_weights
 from wise_edit.methods.memoir.residual_memory import ResidualMemory
 from wise_edit.request import EditRequest
 from wise_edit.routing import MAIN, RoutedLinear
@@ -113,13 +114,6 @@ def test_the_vectorised_agreements_equal_their_definition():
             assert agreement(query[b, mask[b]], keys) == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_a_token_the_pool_has_weighs_nothing_and_one_it_lacks_weighs_one():
-    pool = torch.eye(4)[:2]
-    keys = torch.stack([torch.eye(4)[0] * 3, torch.eye(4)[3]])
-    assert distinctness(keys, pool).tolist() == pytest.approx([0.0, 1.0])
-    assert distinctness(keys, None).tolist() == [1.0, 1.0]
-
-
 def test_calibration_puts_each_radius_at_its_quantile_and_needs_dev_questions():
     _, _, gate, _ = gated(radius=None)
     questions = ["Who wrote Hamlet?", "Who wrote Faust?", "Where is Kyoto?", "Where is Lima?", "Who built Rome?",
@@ -131,7 +125,7 @@ def test_calibration_puts_each_radius_at_its_quantile_and_needs_dev_questions():
     torch.testing.assert_close(gate.pool, pool)
     held = PromptKeys(pool.shape[1], pool.device)
     for q in questions[4:6]:
-        held.add(keys[q], distinctness(keys[q], pool))
+        held.add(keys[q], token_weights(keys[q], pool))
     best = max(float(held.agreement(keys[q][None], torch.ones(1, len(keys[q]), dtype=torch.bool))[1].amax())
                for q in questions[6:])
     assert calibration.n_pool == 4 and calibration.n_same_form == 2 and calibration.n_same_subject == 2

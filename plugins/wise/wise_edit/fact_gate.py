@@ -10,7 +10,7 @@ prompt, and lets a row through to an edit only if two measures pass, each agains
 
 - the *weighted recall* of the edit's prompt by the row: the mean, over the edit's tokens, of the best cosine any
   row token reaches, each edit token weighing ``(1 - c)^2`` (``c`` its best cosine with a pool of unedited
-  questions of the edits' form). Template words weigh ~0, so it asks "does the row name what this edit is
+  questions of the edits' form: :func:`~wise_edit.matching.token_weights`). Template words weigh ~0, so it asks "does the row name what this edit is
   about?" and keeps out same-form questions about other subjects (nloc, Loc), however the row words the rest;
 - the *plain agreement* of the two prompts: each text's tokens recalled by the other (mean best cosine, both
   ways, the smaller of the two), every word weighing 1. The relation's words count as much as the subject's, so
@@ -49,6 +49,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import EditStateError, check_shape
+from .matching import TokenIndex, token_weights
 from .request import EditRequest
 from .routing import MAIN, Admitting, Memory, unrouted
 from .sites import resolve_site, run_through
@@ -66,71 +67,38 @@ class Filing:
     subject: torch.Tensor
 
 
-class PromptKeys:
-    """Unit early keys of many texts in one matrix, with each token's weight and the text it belongs to, searched
-    in one product."""
-
-    def __init__(self, d_in: int, device: torch.device):
-        self.tokens = torch.zeros(0, d_in, device=device)
-        self.weights = torch.zeros(0, device=device)
-        self.owner = torch.zeros(0, dtype=torch.long, device=device)
-        self.sizes = torch.zeros(0, device=device)
-        self.totals = torch.zeros(0, device=device)
-
-    @property
-    def count(self) -> int:
-        return self.sizes.shape[0]
-
-    def add(self, keys: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        weights = keys.new_ones(keys.shape[0]) if weights is None else weights.float()
-        self.tokens = torch.cat([self.tokens, F.normalize(keys.float(), dim=-1)])
-        self.weights = torch.cat([self.weights, weights])
-        self.owner = torch.cat([self.owner, self.owner.new_full((keys.shape[0],), self.count)])
-        self.sizes = torch.cat([self.sizes, self.sizes.new_tensor([keys.shape[0]])])
-        self.totals = torch.cat([self.totals, weights.sum()[None]])
-
-    def recall(self, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, count) mean over each held text's tokens of the best cosine any ``mask``ed token of a row reaches."""
-        cosines = F.normalize(keys.float(), dim=-1) @ self.tokens.T  # (B, S, N)
-        best = cosines.masked_fill(~mask.bool()[..., None], -1.0).amax(1)  # (B, N)
-        sums = best.new_zeros(best.shape[0], self.count).index_add_(1, self.owner, best)
-        return sums / self.sizes.clamp(min=1)
+class PromptKeys(TokenIndex):
+    """Every held prompt's unit early keys with their weights (:class:`~wise_edit.matching.TokenIndex`, whose
+    :meth:`~wise_edit.matching.TokenIndex.match` is the weighted recall), plus the plain two-way agreement."""
 
     def agreement(self, keys: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, count) twice, for each row (its ``mask``ed tokens) and each held text: the plain agreement (the
         smaller of the mean best cosine of the held text's tokens in the row and of the row's tokens in the held
-        text: the same question) and the weighted recall (the held text's tokens only, each weighing its
-        :func:`distinctness`: the same subject, however the row words the rest)."""
+        text: the same question) and the weighted recall (:meth:`match`, from the same product: the held text's
+        tokens only, each weighing its :func:`~wise_edit.matching.token_weights`: the same subject, however the
+        row words the rest)."""
         mask = mask.bool()
         cosines = F.normalize(keys.float(), dim=-1) @ self.tokens.T  # (B, S, N)
         best = cosines.masked_fill(~mask[..., None], -1.0).amax(1)  # (B, N): held tokens in the row
         B, S, N = cosines.shape
-        held_in_row = [best.new_zeros(B, self.count).index_add_(1, self.owner, best * w) / total.clamp(min=1e-12)
-                       for w, total in ((1.0, self.sizes), (self.weights, self.totals))]
+        sizes = torch.bincount(self.owner, minlength=self.count).to(best.dtype)
+        held_in_row, weighted = (best.new_zeros(B, self.count).index_add_(1, self.owner, best * w) / total.clamp(
+            min=1e-12) for w, total in ((1.0, sizes), (self.weights, self.totals)))
         per_text = cosines.new_full((B, S, self.count), -1.0).scatter_reduce(
             2, self.owner.expand(B, S, N), cosines, reduce="amax")  # (B, S, count): row tokens in each held text
         row_in_held = (per_text * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-        empty = (self.sizes[None, :] == 0) | ~mask.any(1)[:, None]
-        plain = torch.minimum(held_in_row[0], row_in_held).masked_fill(empty, -1.0)
-        return plain, held_in_row[1].masked_fill(empty, -1.0)
+        empty = (sizes[None, :] == 0) | ~mask.any(1)[:, None]
+        return (torch.minimum(held_in_row, row_in_held).masked_fill(empty, -1.0),
+                weighted.masked_fill(empty, -1.0))
 
 
 def agreement(query: torch.Tensor, prompt: torch.Tensor) -> float:
     """The plain agreement of two texts' early keys (S, d) and (P, d): the smaller of the mean best cosine of the
     prompt's tokens in the query and of the query's tokens in the prompt."""
     index = PromptKeys(prompt.shape[-1], prompt.device)
-    index.add(prompt)
+    index.add(prompt, prompt.new_ones(prompt.shape[0]))
     return float(index.agreement(query[None], torch.ones(1, query.shape[0], dtype=torch.bool,
                                                          device=query.device))[0][0, 0])
-
-
-def distinctness(keys: torch.Tensor, pool: torch.Tensor | None) -> torch.Tensor:
-    """(..., S) each token's weight ``(1 - c)^2``, ``c`` its best cosine with the ``pool``'s unit keys (P, d):
-    about 0 for a template word every same-form question has, about 1 for a word none has. Without a pool
-    every token weighs 1."""
-    if pool is None or not pool.numel():
-        return keys.new_ones(keys.shape[:-1]).float()
-    return (1 - (F.normalize(keys.float(), dim=-1) @ pool.T).amax(-1)).clamp(min=0) ** 2
 
 
 @dataclass(frozen=True)
@@ -181,7 +149,7 @@ class FactGate:
     def _empty(self) -> None:
         weight = self.site.linear.weight
         self.prompts = PromptKeys(weight.shape[1], weight.device)
-        self.subjects = PromptKeys(weight.shape[1], weight.device)
+        self.subjects = TokenIndex(weight.shape[1], weight.device)  # weights 1: match is the plain recall
         self.filed: list[Filing] = []
         self.groups = torch.zeros(0, dtype=torch.long, device=weight.device)  # the route value serving each edit
 
@@ -230,8 +198,8 @@ class FactGate:
     def hold(self, filing: Filing, group: int) -> None:
         """File one edit under the route value ``group`` that serves it (its tokens weighed against the pool)."""
         self.filed.append(filing)
-        self.prompts.add(filing.prompt, distinctness(filing.prompt, self.pool))
-        self.subjects.add(filing.subject)
+        self.prompts.add(filing.prompt, token_weights(filing.prompt, self.pool))
+        self.subjects.add(filing.subject, filing.subject.new_ones(filing.subject.shape[0]))
         self.groups = torch.cat([self.groups, self.groups.new_tensor([group])])
 
     def set_pool(self, texts: Sequence[str]) -> None:
@@ -258,7 +226,7 @@ class FactGate:
         held = PromptKeys(self.pool.shape[1], self.pool.device)
         for text in held_texts:
             keys = self.prompt_keys(text)[1:]
-            held.add(keys, distinctness(keys, self.pool))
+            held.add(keys, token_weights(keys, self.pool))
         bests = []
         for text in asking:
             keys = self.prompt_keys(text)
@@ -286,8 +254,8 @@ class FactGate:
         if self.relation_radius is not None:
             allowed &= plain >= self.relation_radius
         if self.subject_radius is not None:
-            has_subject = self.subjects.sizes > 0
-            allowed &= ~has_subject[None, :] | (self.subjects.recall(seen, read) >= self.subject_radius)
+            has_subject = self.subjects.totals > 0
+            allowed &= ~has_subject[None, :] | (self.subjects.match(seen, read) >= self.subject_radius)
         if self._admitting:
             allowed &= self.memory.admitted(keys, mask).T[:, self.groups]
         else:
