@@ -79,6 +79,25 @@ def test_a_counterfact_run_scores_same_subject_locality_and_records_its_gate(tin
     assert gate["n_same_subject"] == 33 and gate["n_pool"] == 246 and gate["relation_radius"] is not None
 
 
+def test_a_knowedit_file_reports_each_locality_and_portability_kind_by_name(tiny_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("run", overrides=["alg_name=FT-L", "data=knowedit", "ds_size=3", f"hparams_file={tiny_dir}",
+                                        f"output_dir={out}", "progress=false", "eval_generation=false",
+                                        f"data_root={DATA}"])
+    cli.run(cfg)
+    result = json.loads((out / "results.json").read_text())
+    summary = result["summary"]
+    kinds = ("Relation_Specificity", "Forgetfulness", "Reasoning", "Subject_Aliasing", "Logical_Generalization")
+    for kind in kinds:
+        values = [r["probes"][kind] for r in result["requests"] if kind in r["probes"]]
+        assert values and summary[kind] == pytest.approx(statistics.fmean(values))
+    assert summary["loc"] == pytest.approx(statistics.fmean(r["locality"] for r in result["requests"]))
+    assert result["data"]["name"] == "knowedit" and result["data"]["path"].endswith("knowedit_sample.json")
+    header = capsys.readouterr().out.splitlines()[0]
+    assert all(kind in header for kind in kinds) and "| port |" in header
+
+
 def test_a_benchmark_file_beside_the_hparams_file_applies_to_that_benchmark_only(tiny_dir):
     """``<file>.<data>.yaml`` (the keys a benchmark's dev stream chose) sits between the file and the command line."""
     (tiny_dir.parent / "ftl.temporal.yaml").write_text("n_iter: 70\nedit_lr: 0.01\n")

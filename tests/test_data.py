@@ -214,3 +214,35 @@ def test_counterfact_real_file_relations_and_same_subject_probes():
         load_dataset("counterfact", CF, 91, stream="same_subject", last_record=5000)
     with pytest.raises(DataError, match="unknown stream 'pairs'"):
         load_dataset("counterfact", CF, 5, stream="pairs")
+
+
+KNOWEDIT = ROOT / "tests" / "data" / "knowedit_sample.json"
+
+
+def test_knowedit_records_keep_their_fields_and_probe_kinds():
+    ds = load_dataset("knowedit", KNOWEDIT, 3, DATA / "zsre" / "zsre_mend_train_1k.json")
+    arons, piesch, epaspidoceras = ds.requests
+    assert (arons.prompt, arons.target, arons.subject) == ("The place of death of Leo Arons is", "Berlin", "Leo Arons")
+    assert arons.rephrase is None and epaspidoceras.rephrase == "What family are Epaspidoceras?"
+    assert arons.locality_question is None and arons.irrelevant_text.startswith("nq question:")
+    kinds = {(p.family, p.kind): p for p in arons.probes}
+    assert set(kinds) == {("portability", "Logical_Generalization"), ("portability", "Reasoning"),
+                          ("portability", "Subject_Aliasing"), ("locality", "Relation_Specificity")}
+    assert kinds["portability", "Logical_Generalization"].answer == "no"  # nested alias lists: the first
+    assert [p.answer for p in arons.probes if p.kind == "Reasoning"] == ["Kai Wegner", "Europe"]
+    assert {(p.family, p.kind, p.answer) for p in piesch.probes} >= {("locality", "Forgetfulness", "mayor of Vienna"),
+                                                                      ("locality", "Relation_Specificity", "male")}
+
+
+@pytest.mark.parametrize("locality, message", [
+    ([1], "field 'locality' must map kinds to lists of probes"),
+    ({"Relation_Specificity": {"prompt": "p"}}, r"record 0: locality.Relation_Specificity must be a list"),
+    ({"Relation_Specificity": [{"prompt": "p", "ground_truth": [[3]]}]},
+     r"locality.Relation_Specificity\[0\]: 'ground_truth' must be a string"),
+    ({"Forgetfulness": [{"ground_truth": "a"}]}, r"Forgetfulness\[0\]: expected an object with a string 'prompt'"),
+])
+def test_malformed_knowedit_probes_name_record_field_and_kind(tmp_path, locality, message):
+    path = tmp_path / "ke.json"
+    path.write_text(json.dumps([{"prompt": "q", "target_new": "t", "locality": locality}]))
+    with pytest.raises(DataError, match=message):
+        load_dataset("knowedit", path, 1)

@@ -178,3 +178,45 @@ def test_chat_template_wraps_every_question_for_editing_and_scoring(model, tok, 
     assert [r["prompt"] for r in run["requests"]] == [r["prompt"] for r in requests_]  # shown as given
     assert run["neighbourhood"][0]["prompt"] == "Who is Zola?"
     assert not requests_[0]["prompt"].startswith("<u>")  # the caller's requests are not changed
+
+
+def test_named_probe_kinds_are_scored_by_family_and_reported_under_their_own_names(model, tok, requests_):
+    from wise_edit.request import Probe
+
+    kinds = (Probe("locality", "Relation_Specificity", "nq question: capital of Peru", "Lima"),
+             Probe("locality", "Relation_Specificity", "nq question: largest ocean", "Pacific"),
+             Probe("locality", "Forgetfulness", "Who wrote Hamlet? Not Zola but", "Shakespeare"),
+             Probe("portability", "Reasoning", "Hamlet's author was born in", "Zola"))
+    requests = [EditRequest(prompt=r["prompt"], target=r["target_new"], case_id=i, probes=kinds if i == 0 else ())
+                for i, r in enumerate(requests_[:2])]
+    editor = LifelongEditor(ftl(edit_lr=0.5, n_iter=30), model=model, tok=tok)
+    local = [p for p in kinds if p.family == "locality"]
+    before = editor.answer_tokens([p.question for p in local], [p.answer for p in local])
+    run = editor.edit_requests(requests, sequential_edit=True, progress=False)
+    after = editor.answer_tokens([p.question for p in local], [p.answer for p in local])
+    unchanged = [(a == b).float().mean().item() for a, b in zip(after, before)]
+    probes = run["requests"][0]["probes"]
+    assert probes["Relation_Specificity"] == pytest.approx((unchanged[0] + unchanged[1]) / 2)
+    assert probes["Forgetfulness"] == pytest.approx(unchanged[2])
+    target = torch.tensor(tok(" Zola", add_special_tokens=False).input_ids)
+    reached = editor.answer_tokens([kinds[3].question], [kinds[3].answer])[0]
+    assert probes["Reasoning"] == pytest.approx((reached == target).float().mean().item())
+    # a request without a locality / portability question of its own: the mean over its kinds, as EasyEdit's
+    assert run["requests"][0]["locality"] == pytest.approx((probes["Relation_Specificity"] + probes["Forgetfulness"]) / 2)
+    assert run["requests"][0]["portability_acc"] == pytest.approx(probes["Reasoning"])
+    assert "probes" not in run["requests"][1] and "locality" not in run["requests"][1]
+    summary = run["summary"]
+    assert summary["Relation_Specificity"] == probes["Relation_Specificity"] and summary["n"] == 2
+    assert summary["loc"] == run["requests"][0]["locality"]
+    assert min(unchanged) < 1.0 or probes["Reasoning"] > 0  # the edit moved something the probes see
+
+
+def test_easyedit_probe_dicts_round_trip_through_a_request():
+    record = {"prompt": "p", "target_new": "t",
+              "locality": {"Relation_Specificity": {"prompt": ["a", "b"], "ground_truth": ["x", "y"]}},
+              "portability": {"Reasoning": {"prompt": "c", "ground_truth": "z"}}}
+    request = EditRequest.from_easyedit(record, 0)
+    assert [(p.family, p.kind, p.question, p.answer) for p in request.probes] == [
+        ("locality", "Relation_Specificity", "a", "x"), ("locality", "Relation_Specificity", "b", "y"),
+        ("portability", "Reasoning", "c", "z")]
+    assert EditRequest.from_easyedit(request.to_easyedit()) == request

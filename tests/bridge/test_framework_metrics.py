@@ -45,6 +45,12 @@ def test_the_framework_under_test_is_the_vendored_upstream():
 RECORDS = json.loads((DATA / "zsre" / "zsre_mend_edit.json").read_text())[:2]
 
 
+@pytest.fixture(autouse=True)
+def framework_writes_elsewhere(tmp_path, monkeypatch):
+    """The framework's ``summary_metrics`` writes ./logs: keep it out of the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @functools.lru_cache(maxsize=None)
 def edited(alg: str) -> dict:
     """Edit the first two ZsRE records sequentially through ``BaseEditor`` and score the final model both ways."""
@@ -120,7 +126,7 @@ def test_grace_scored_by_the_framework_generates_the_target_without_its_space():
 
 def test_readme_bridge_snippet_runs_verbatim(tmp_path):
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("### 3. Inside an installed `easyeditor`"):]
+    section = readme[readme.index("### 3. Inside EasyEdit"):]
     snippet = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     out = subprocess.run([sys.executable, "-c", snippet], cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -1,6 +1,6 @@
 """Prompts in the tokenizer's chat template (``use_chat_template``), as an instruction-tuned model is served.
 
-Every question a run feeds — the edit prompt, its rephrasing, the locality, portability and same-form probes —
+Every question a run feeds — the edit prompt, its rephrasing, the locality, portability, same-form and named-kind probes —
 becomes one user turn followed by the assistant's opening (``add_generation_prompt``), so editing, routing and
 every metric see the text a chat user's question becomes. Irrelevant training texts (``irrelevant_text``) are
 text, not questions, and stay as they are.
@@ -8,6 +8,7 @@ text, not questions, and stay as they are.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -33,5 +34,6 @@ def chat_prompts(tok: PreTrainedTokenizerBase, questions: Sequence[str]) -> list
 
 def chat_requests(tok: PreTrainedTokenizerBase, requests: Sequence[EditRequest]) -> list[EditRequest]:
     """Copies of ``requests`` with every question field in the chat template."""
-    return [r.replace(**{f: chat_prompt(tok, getattr(r, f)) for f in QUESTION_FIELDS if getattr(r, f)})
+    return [r.replace(**{f: chat_prompt(tok, getattr(r, f)) for f in QUESTION_FIELDS if getattr(r, f)},
+                      probes=tuple(dataclasses.replace(p, question=chat_prompt(tok, p.question)) for p in r.probes))
             for r in requests]

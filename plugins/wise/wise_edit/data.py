@@ -1,5 +1,5 @@
-"""Loaders for the lifelong-editing benchmarks (ZsRE, CounterFact, Temporal, Hallucination) as :class:`EditRequest`
-streams.
+"""Loaders for the lifelong-editing benchmarks (ZsRE, CounterFact, Temporal, Hallucination, KnowEdit) as
+:class:`EditRequest` streams, reading each benchmark's records with EasyEdit's field names.
 
 Each request gets its prompt, target, subject, locality probe, an irrelevant training text drawn from another
 file (``irrelevant_text``), optionally a same-form negative (:func:`add_negatives`) and, where the benchmark
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .request import EditRequest
+from .request import EditRequest, Probe
 
 
 class DataError(ValueError):
@@ -41,6 +41,9 @@ class DataFormat:
     portability: tuple[str, str, str] | None = None
     #: request fields a record may lack (EasyEdit's own records carry no subject)
     optional: tuple[str, ...] = ("subject",)
+    #: record fields holding KnowEdit's probe lists, ``{kind: [{"prompt", "ground_truth"}, ...]}``; the field's
+    #: name is the probes' family (``locality`` or ``portability``), each kind is reported under its own name
+    probe_families: tuple[str, ...] = ()
 
 
 FORMATS: dict[str, DataFormat] = {
@@ -80,6 +83,16 @@ FORMATS: dict[str, DataFormat] = {
         },
         loc_fields=("locality_prompt", "locality_ground_truth"),
         rephrase_name="ood",
+    ),
+    # KnowEdit (wiki_counterfact, wiki_recent, ZsRE, WikiBio as EasyEdit's KnowEditDataset reads them): no
+    # locality question of its own; Loc and port are the means over a record's kinds, as EasyEdit reports them.
+    # Irrelevant training texts come from a ZsRE train file (the data group's loc_path).
+    "knowedit": DataFormat(
+        fields={"prompt": "prompt", "target": "target_new", "subject": "subject", "rephrase": "rephrase_prompt"},
+        loc_fields=("loc", "loc_ans"),
+        probe_fields=("prompt", "ground_truth"),
+        optional=("subject", "rephrase"),
+        probe_families=("locality", "portability"),
     ),
     "hallucination": DataFormat(
         fields={
@@ -203,6 +216,8 @@ def load_dataset(
         values["irrelevant_text"] = loc_prompts[i] if loc_prompts else None
         if fmt.portability is not None:
             values.update(_portability(record, index, fmt.portability, path))
+        if fmt.probe_families:
+            values["probes"] = tuple(_knowedit_probes(record, index, fmt.probe_families, path))
         requests.append(EditRequest(**values))
     extra: dict[str, Any] = {"first_record": first_record} if first_record else {}
     if stream != "first":
@@ -225,6 +240,35 @@ def _portability(record: dict[str, Any], index: int, spec: tuple[str, str, str],
     if not (isinstance(question, str) and question.strip() and isinstance(answer, str) and answer.strip()):
         return {}
     return {"portability_question": question, "portability_answer": answer}
+
+
+def _knowedit_probes(record: dict[str, Any], index: int, families: tuple[str, ...], path: Path) -> list[Probe]:
+    """KnowEdit's probes of one record. An answer may be a string or (nested) lists of aliases: the first one is
+    scored, as EasyEdit's KnowEdit script does; a probe with an empty answer is left out, as there."""
+    found = []
+    for family in families:
+        kinds = record.get(family)
+        if kinds is None:
+            continue
+        if not isinstance(kinds, dict):
+            raise DataError(f"{path}: record {index}: field {family!r} must map kinds to lists of probes, "
+                            f"got {type(kinds).__name__}")
+        for kind, probes in kinds.items():
+            where = f"{path}: record {index}: {family}.{kind}"
+            if not isinstance(probes, list):
+                raise DataError(f"{where} must be a list of {{prompt, ground_truth}}, got {type(probes).__name__}")
+            for k, probe in enumerate(probes):
+                if not isinstance(probe, dict) or not isinstance(probe.get("prompt"), str):
+                    raise DataError(f"{where}[{k}]: expected an object with a string 'prompt', got {probe!r}")
+                answer = probe.get("ground_truth")
+                while isinstance(answer, list) and answer:
+                    answer = answer[0]
+                if not isinstance(answer, str):
+                    raise DataError(f"{where}[{k}]: 'ground_truth' must be a string or lists of strings, "
+                                    f"got {probe.get('ground_truth')!r}")
+                if answer.strip() and probe["prompt"].strip():
+                    found.append(Probe(family, kind, probe["prompt"], answer))
+    return found
 
 
 def relation_ids(records: list[Any], path: Path) -> list[int]:

@@ -186,6 +186,7 @@ class LifelongEditor:
         neighbours_before = self.answer_tokens(*neighbourhood) if neighbourhood is not None else None
         relations_before = self.answer_tokens(*relation_probes) if relation_probes is not None else None
         loc_before_all = self.locality_before(requests)
+        probes_before_all = self.probes_before(requests)
         # what the unedited model writes for the probes that must not change
         loc_text_before_all = self.locality_generations(requests) if eval_generation else [None] * len(requests)
         if eval_generation and neighbourhood is not None:
@@ -215,7 +216,8 @@ class LifelongEditor:
                     self.save(checkpoint_dir, StreamProgress(edit_seconds, losses, torch.get_rng_state().tolist()))
                     saved = finished
             with phase("score"):
-                results = self.score(requests, loc_before_all, rel_metric, eval_generation, loc_text_before_all)
+                results = self.score(requests, loc_before_all, rel_metric, eval_generation, loc_text_before_all,
+                                     probes_before_all)
                 if neighbourhood is not None:
                     neighbours = locality(neighbours_before, self.answer_tokens(*neighbourhood))
                     if eval_generation:
@@ -231,7 +233,7 @@ class LifelongEditor:
                 edit_seconds += stats["seconds"]
                 losses.append(stats.get("losses", []))
                 results += self.score(chunk, loc_before_all[i:i + batch_size], rel_metric, eval_generation,
-                                      loc_text_before_all[i:i + batch_size])
+                                      loc_text_before_all[i:i + batch_size], probes_before_all[i:i + batch_size])
                 self.method.load_state_dict(snapshot)
                 bar.update(len(chunk))
         bar.close()
@@ -330,6 +332,42 @@ class LifelongEditor:
         :meth:`score` compares against, taken before the first edit."""
         return _per_locality_probe(as_requests(requests), self.answer_tokens)
 
+    def probes_before(self, requests: Sequence[EditRequest | dict[str, Any]]) -> list[list[torch.Tensor | None]]:
+        """Per request, per probe (:attr:`EditRequest.probes`), the current model's argmax tokens on each
+        ``locality`` probe (None for ``portability`` probes): what :meth:`score` compares against."""
+        requests = as_requests(requests)
+        kept = [(i, p) for i, r in enumerate(requests) for p in r.probes if p.family == "locality"]
+        found = iter(self.answer_tokens([p.question for _, p in kept], [p.answer for _, p in kept]))
+        return [[next(found) if p.family == "locality" else None for p in r.probes] for r in requests]
+
+    def _score_probes(self, requests: list[EditRequest], results: list[dict[str, Any]],
+                      before: list[list[torch.Tensor | None]]) -> None:
+        """Each request's probe kinds under their own names (``results[i]["probes"][kind]``: the mean over the
+        request's probes of that kind); a request without its own locality or portability question gets the
+        mean over its kinds of that family as ``locality`` / ``portability_acc`` (EasyEdit's overall scores)."""
+        rows = [(i, j, p) for i, r in enumerate(requests) for j, p in enumerate(r.probes)]
+        local = [(i, j, p) for i, j, p in rows if p.family == "locality"]
+        ported = [(i, j, p) for i, j, p in rows if p.family == "portability"]
+        values: dict[tuple[int, int], float] = {}
+        after = self.answer_tokens([p.question for *_, p in local], [p.answer for *_, p in local])
+        for (i, j, _), value in zip(local, locality([before[i][j] for i, j, _ in local], after)):
+            values[i, j] = value
+        if ported:
+            accuracy = score_answers(self.model, self.tok, [p.question for *_, p in ported],
+                                     [p.answer for *_, p in ported]).accuracy
+            values.update({(i, j): acc for (i, j, _), acc in zip(ported, accuracy)})
+        for i, request in enumerate(requests):
+            if not request.probes:
+                continue
+            kinds: dict[tuple[str, str], list[float]] = {}
+            for j, probe in enumerate(request.probes):
+                kinds.setdefault((probe.family, probe.kind), []).append(values[i, j])
+            results[i]["probes"] = {kind: statistics.fmean(v) for (_, kind), v in kinds.items()}
+            for family, key in (("locality", "locality"), ("portability", "portability_acc")):
+                means = [statistics.fmean(v) for (f, _), v in kinds.items() if f == family]
+                if means and key not in results[i]:
+                    results[i][key] = statistics.fmean(means)
+
     def _locality_tokens(self, requests: list[EditRequest]) -> list[torch.Tensor]:
         return self.answer_tokens([r.locality_question for r in requests], [r.locality_answer for r in requests])
 
@@ -339,9 +377,11 @@ class LifelongEditor:
 
     def score(self, requests: Sequence[EditRequest | dict[str, Any]], loc_before: list[torch.Tensor | None],
               rel_metric: str = "accuracy", eval_generation: bool = False,
-              loc_text_before: list[str | None] | None = None) -> list[dict[str, Any]]:
+              loc_text_before: list[str | None] | None = None,
+              probes_before: list[list[torch.Tensor | None]] | None = None) -> list[dict[str, Any]]:
         """Per-request metrics on the current model (``loc_before``: locality argmax tokens before editing;
-        ``loc_text_before``: with ``eval_generation``, the free answers to the locality probes before editing)."""
+        ``loc_text_before``: with ``eval_generation``, the free answers to the locality probes before editing;
+        ``probes_before``: :meth:`probes_before` taken before editing, for requests with probes of named kinds)."""
         requests = as_requests(requests)
         prompts = [r.prompt for r in requests]
         targets = [r.target for r in requests]
@@ -364,6 +404,8 @@ class LifelongEditor:
             after = self._locality_tokens([requests[i] for i in with_loc])
             for i, value in zip(with_loc, locality([loc_before[i] for i in with_loc], after)):
                 results[i]["locality"] = value
+        if probes_before is not None:
+            self._score_probes(requests, results, probes_before)
         if eval_generation:
             for res, em in zip(results, generation_exact_match(self.model, self.tok, prompts, targets)):
                 res["generate_exact_match"] = em

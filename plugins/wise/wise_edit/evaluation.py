@@ -13,7 +13,8 @@ SUMMARY_KEYS = {"rel": "rewrite_acc", "gen": "rephrase_acc", "loc": "locality", 
 
 
 def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict[str, float]:
-    """Means of each metric over the requests that have it; ``avg`` = mean of Rel, Gen and Loc (as the WISE
+    """Means of each metric over the requests that have it, and of each named probe kind (KnowEdit's
+    ``Relation_Specificity``, ``Reasoning``, ...) under its own name; ``avg`` = mean of Rel, Gen and Loc (as the WISE
     paper's; portability is reported beside it, not in it). A benchmark whose Rel is a perplexity
     (Hallucination: ``ppl``, lower is better) has no ``avg``: a perplexity and accuracies do not average."""
     summary: dict[str, float] = {}
@@ -22,6 +23,11 @@ def summarize(results: list[dict[str, Any]], rephrase_name: str = "gen") -> dict
         if values:
             label = {"gen": rephrase_name, "gen_gen": f"gen_{rephrase_name}"}.get(name, name)
             summary[label] = statistics.fmean(values)
+    kinds: dict[str, list[float]] = {}
+    for result in results:
+        for kind, value in result.get("probes", {}).items():
+            kinds.setdefault(kind, []).append(value)
+    summary.update({kind: statistics.fmean(values) for kind, values in kinds.items()})
     parts = [summary[k] for k in ("rel", rephrase_name, "loc") if k in summary]
     if parts and "ppl" not in summary:
         summary["avg"] = statistics.fmean(parts)
@@ -40,7 +46,8 @@ def by_block(results: list[dict[str, Any]], rephrase_name: str = "gen", n_blocks
 
 
 #: summary names shown as table columns, in this order (a column appears when some row has it)
-TABLE_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "rloc", "avg", "port", "ppl", "gen_em", "gen_rel", "gen_gen",
+TABLE_COLUMNS = ("rel", "gen", "ood", "loc", "nloc", "rloc", "Relation_Specificity", "Forgetfulness", "avg", "port",
+                 "Reasoning", "Subject_Aliasing", "Logical_Generalization", "ppl", "gen_em", "gen_rel", "gen_gen",
                  "gen_ood", "gen_loc", "gen_nloc")
 #: summary names drawn in the comparison plot (accuracies in [0, 1]; ``ppl`` on its own log axis), and their
 #: panel titles

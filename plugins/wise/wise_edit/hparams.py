@@ -57,12 +57,12 @@ class HyperParams:
             path = path.with_suffix(".yaml")
         if not path.is_file():
             raise HyperParamsError(f"hyperparameter file not found: {path}")
-        return cls.from_dict(_read_mapping(path), source=str(path))
+        return cls.from_dict(read_mapping(path), source=str(path))
 
     def updated_from(self: T, path: str | Path) -> T:
         """A copy with the keys of the YAML file ``path`` applied (a partial file, e.g. one benchmark's own
         keys), checked like a whole file and named in any error."""
-        return type(self).from_dict({**self.to_dict(), **_read_mapping(Path(path))}, source=str(path))
+        return type(self).from_dict({**self.to_dict(), **read_mapping(Path(path))}, source=str(path))
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any], source: str = "<dict>") -> T:
@@ -134,7 +134,8 @@ class HyperParams:
         return type(self).from_dict({**self.to_dict(), **overrides}, source="hparams overrides")
 
 
-def _read_mapping(path: Path) -> dict[str, Any]:
+def read_mapping(path: Path) -> dict[str, Any]:
+    """The YAML file ``path`` as a mapping (an error names the file when it is not one)."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

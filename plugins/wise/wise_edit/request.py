@@ -13,6 +13,25 @@ from typing import Any, Mapping, Sequence, Union
 from .errors import RequestError
 
 
+#: how a probe family is scored: ``locality`` kinds must keep the unedited model's answer tokens (as Loc),
+#: ``portability`` kinds must give their answer (as port)
+PROBE_FAMILIES = ("locality", "portability")
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """One scored question of a named kind (KnowEdit's ``Relation_Specificity``, ``Reasoning``, ...)."""
+
+    family: str
+    kind: str
+    question: str
+    answer: str
+
+    def __post_init__(self) -> None:
+        if self.family not in PROBE_FAMILIES:
+            raise RequestError(f"probe family must be one of {PROBE_FAMILIES}, got {self.family!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class EditRequest:
     #: the question that is edited, and its new answer
@@ -33,6 +52,9 @@ class EditRequest:
     irrelevant_text: Union[str, None] = None
     #: training only: an unedited question of the edit's own form (``negative_prompt``)
     same_form_negative: Union[str, None] = None
+    #: further probes of named kinds, each kind reported under its own name (EasyEdit's ``locality`` and
+    #: ``portability`` dicts: ``{kind: {"prompt": [...], "ground_truth": [...]}}``)
+    probes: tuple[Probe, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("prompt", "target"):
@@ -57,6 +79,7 @@ class EditRequest:
         """A request from EasyEdit's dict form; keys it does not know are ignored (framework records carry
         more, e.g. ``ground_truth``), and ``case_id`` is the record's own when it has one."""
         values = {field: record[key] for key, field in FIELDS.items() if record.get(key) is not None}
+        values["probes"] = tuple(_probes_from_easyedit(record))
         values.setdefault("case_id", case_id)
         for name in ("prompt", "target"):
             values.setdefault(name, None)  # a missing one is named by __post_init__
@@ -64,8 +87,31 @@ class EditRequest:
 
     def to_easyedit(self) -> dict[str, Any]:
         """EasyEdit's dict form (fields that are not set are left out)."""
-        return {EASYEDIT_KEYS[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+        out = {EASYEDIT_KEYS[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name in EASYEDIT_KEYS and getattr(self, f.name) is not None}
+        for probe in self.probes:
+            kind = out.setdefault(probe.family, {}).setdefault(probe.kind, {"prompt": [], "ground_truth": []})
+            kind["prompt"].append(probe.question)
+            kind["ground_truth"].append(probe.answer)
+        return out
+
+
+def _probes_from_easyedit(record: Mapping[str, Any]) -> list[Probe]:
+    """The probes of EasyEdit's ``locality`` / ``portability`` dicts (a prompt and its answer, or lists of them)."""
+    found = []
+    for family in PROBE_FAMILIES:
+        kinds = record.get(family)
+        if not isinstance(kinds, Mapping):
+            continue
+        for kind, probe in kinds.items():
+            if not isinstance(probe, Mapping) or probe.get("prompt") is None:
+                continue
+            prompts, answers = probe["prompt"], probe.get("ground_truth")
+            if isinstance(prompts, str):
+                prompts, answers = [prompts], [answers]
+            found += [Probe(family, str(kind), q, a) for q, a in zip(prompts, answers or [])
+                      if isinstance(q, str) and isinstance(a, str) and q.strip() and a.strip()]
+    return found
 
 
 #: field -> EasyEdit's key, and back
