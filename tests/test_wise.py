@@ -12,7 +12,9 @@ from wise_edit.routing import MAIN, query_span
 from wise_edit.tokens import pad_pairs
 from wise_edit.request import as_requests
 
-from conftest import REQUESTS, routes, tiny_llama
+from wise_edit.training.runner import _ADDITIVE
+
+from conftest import REQUESTS, routes, tiny_gemma3, tiny_llama
 
 SITE = "model.layers[2].mlp.down_proj.weight"
 
@@ -237,11 +239,17 @@ def test_activation_score_ignores_masked_tokens():
     assert activation_scores(keys, delta, torch.tensor([[1, 1]])).item() == 1.0
 
 
-def test_fast_loop_matches_naive_loop(tok, requests_):
+@pytest.mark.parametrize("make, additive", [(tiny_llama, True), (tiny_gemma3, False)])
+def test_fast_loop_matches_naive_loop(tok, requests_, make, additive):
+    """Llama's edited matrix adds to the residual stream (only the layers above re-run); Gemma 3 normalises the
+    MLP's output first (the edited layer re-runs too): both give the plain loop's losses."""
     curves = {}
     for fast in (True, False):
-        editor = LifelongEditor(wise_hp(fast_loop=fast, n_iter=8), model=tiny_llama(), tok=tok)
+        editor = LifelongEditor(wise_hp(fast_loop=fast, n_iter=8), model=make(), tok=tok)
         curves[fast] = editor.apply(requests_[:1])["losses"]
+        assert editor.apply(requests_[1:2])["losses"]  # a second edit, through the routed memory
+        if fast:
+            assert _ADDITIVE[editor.method.site.layer] is additive
     assert len(curves[True]) == 8
     assert curves[True] == pytest.approx(curves[False], rel=1e-4, abs=1e-5)
 

@@ -1,19 +1,22 @@
 """Re-evaluating one batch many times when only the output of the edited linear map changes.
 
 During an edit, every weight below the edited matrix is frozen and so is the matrix's input (its *keys*).
-:class:`SiteRunner` therefore runs the model once, keeps the keys and what the layer adds around the edited
-matrix, and on each optimisation step re-runs only the layers above it, for the rows that carry labels, and
+:class:`SiteRunner` therefore runs the model once, keeps the keys and what the frozen part gives, and on each
+optimisation step re-runs only what the edited matrix's output reaches, for the rows that carry labels, and
 the output head at the label positions. ``fast=False`` is the plain reference: a full forward every step with
 the edited matrix's output replaced, full logits; both give the same loss up to float rounding.
 
-Assumption (true for pre-norm decoders such as Llama, Mistral, Qwen, GPT-2): the edited matrix's output is
-added to the residual stream, so the layer's output is ``residual + W a``.
+Where the edited matrix's output is added straight to the residual stream (the layer's output is
+``residual + W a``: Llama, Mistral, Qwen, GPT-2), only the layers above it are re-run. Where it is not (Gemma 3
+normalises the MLP's output before adding it), the edited layer is re-run too, from its recorded input. Which
+one holds is measured once per layer (:func:`adds_to_residual`), not read from the architecture's name.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from typing import Any, Callable
+import contextlib
+import weakref
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -62,20 +65,28 @@ class SiteRunner:
 
     @torch.no_grad()
     def _capture(self) -> torch.Tensor:
-        """One pass up to the edited layer recording the keys and the outputs needed to replay the frozen part
-        (the edited matrix's output is subtracted from the layer's, so a routed memory need not decide)."""
-        seen: dict[str, torch.Tensor] = {}
-        hook = self.site.linear.register_forward_hook(
-            lambda m, args, out: seen.update(keys=args[0].detach(), linear_out=out.detach()))
+        """One pass up to the edited layer recording the keys and the outputs needed to replay the frozen part:
+        the layer's output minus the edited matrix's (so a routed memory need not decide) where that output
+        adds to the residual stream, else the output of the layer below."""
+        seen: dict[str, Any] = {}
+        hooks = [self.site.linear.register_forward_hook(
+            lambda m, args, out: seen.update(keys=args[0].detach(), linear_out=out.detach()))]
+        if self.site.layer_index > 0:
+            hooks.append(self.site.layers[self.site.layer_index - 1].register_forward_hook(
+                lambda m, args, out: seen.update(below=out)))
         try:
             with unrouted():
                 layer_out = run_through(self.model, self.site.layer, input_ids=self.batch.input_ids,
                                         attention_mask=self.batch.attention_mask)
         finally:
-            hook.remove()
+            for hook in hooks:
+                hook.remove()
         if self.fast:
-            self._layer_out = layer_out
-            self._residual = (hidden_of(layer_out) - seen["linear_out"])[self.label_rows]
+            self._additive = adds_to_residual(self.model, self.site, self.batch, layer_out, seen["linear_out"])
+            if self._additive:
+                self._replayed = _with_hidden(layer_out, (hidden_of(layer_out) - seen["linear_out"])[self.label_rows])
+            elif "below" in seen:
+                self._replayed = _with_hidden(seen["below"], hidden_of(seen["below"])[self.label_rows])
         return seen["keys"]
 
     @property
@@ -97,29 +108,40 @@ class SiteRunner:
         to ``upper_dtype`` once per runner: autocast would cast them again on every step (it caches no frozen
         weight), about 0.04 s of a 0.1 s step on the bundled model. The same rounding, so the same loss."""
         if self._low is None:
-            layers, first = self.site.layers, self.site.layer_index + 1
+            layers, first = self.site.layers, self._first_rerun
             upper = {id(p) for layer in list(layers)[first:] for p in layer.parameters()}
             matrices = {name: p.detach().to(self.upper_dtype)
                         for name, p in self.model.get_decoder().named_parameters() if id(p) in upper and p.dim() >= 2}
             self._low = matrices, self.model.get_output_embeddings().weight.detach().to(self.upper_dtype)
         return self._low
 
+    @property
+    def _first_rerun(self) -> int:
+        """The first decoder layer each step re-runs: the one above the edited matrix, or its own."""
+        return self.site.layer_index + (1 if self._additive else 0)
+
     def _fast_logits(self, ffn: FFNFunction) -> torch.Tensor:
         rows = self.label_rows
-        out = ffn(self._keys)[rows]
         site, layers = self.site, self.site.layers
-        originals = [layers[i] for i in range(site.layer_index + 1)]
-        patched = _with_hidden(self._layer_out, self._residual + out)
+        out = ffn(self._keys)[rows]  # in float32, whatever upper_dtype
+        if self._additive:
+            patched = _with_hidden(self._replayed, hidden_of(self._replayed) + out)
+            replace = contextlib.nullcontext()
+        else:  # the edited layer runs again, its matrix's output replaced
+            patched = getattr(self, "_replayed", None)
+            replace = _replaced_output(site.linear, lambda keys: out)
+        originals = [layers[i] for i in range(self._first_rerun)]
         low = self.upper_dtype != torch.float32
         head = self.model.get_output_embeddings()
         weights, head_weight = self._low_weights() if low else ({}, head.weight)
         # on the CPU the fused attention kernel is slow in bfloat16: 4.0 ms per call (forward and backward, 6 rows
         # of 24 tokens) against 1.5 ms for the plain one (0.7 ms for the fused one in float32)
-        attention = sdpa_kernel(SDPBackend.MATH) if low and self.model.device.type == "cpu" else nullcontext()
+        attention = sdpa_kernel(SDPBackend.MATH) if low and self.model.device.type == "cpu" else contextlib.nullcontext()
         try:
-            for i in range(site.layer_index + 1):  # the frozen layers up to the edited one are not re-run
+            for i in range(self._first_rerun):  # the frozen layers below are not re-run
                 layers[i] = _Replay(lambda: patched)
-            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low), attention:
+            with torch.autocast(self.model.device.type, dtype=self.upper_dtype, enabled=low), attention, replace, \
+                    (contextlib.nullcontext() if self._additive else unrouted()):
                 hidden = functional_call(self.model.get_decoder(), weights, args=(),
                                          kwargs={"input_ids": self.batch.input_ids[rows],
                                                  "attention_mask": self.batch.attention_mask[rows],
@@ -134,12 +156,9 @@ class SiteRunner:
         return logits.float()
 
     def _naive_logits(self, ffn: FFNFunction) -> torch.Tensor:
-        hook = self.site.linear.register_forward_hook(lambda m, args, out: ffn(args[0]))
-        try:
+        with _replaced_output(self.site.linear, ffn):
             logits = self.model(input_ids=self.batch.input_ids, attention_mask=self.batch.attention_mask,
                                 use_cache=False).logits
-        finally:
-            hook.remove()
         return logits[self._rows, self._cols]
 
     def record(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -172,6 +191,35 @@ class SiteRunner:
         sums = torch.zeros(n, device=losses.device).index_add_(0, request, losses)
         counts = torch.zeros(n, device=losses.device).index_add_(0, request, torch.ones_like(losses))
         return (sums / counts).sum()
+
+
+@contextlib.contextmanager
+def _replaced_output(linear: nn.Module, ffn: FFNFunction) -> Iterator[None]:
+    """Within this block ``linear`` returns ``ffn(its input)``."""
+    hook = linear.register_forward_hook(lambda m, args, out: ffn(args[0]))
+    try:
+        yield
+    finally:
+        hook.remove()
+
+
+#: per decoder layer, whether its edited matrix's output adds straight to the residual stream (measured once)
+_ADDITIVE: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def adds_to_residual(model: PreTrainedModel, site: EditSite, batch: TokenBatch, layer_out: Any,
+                     linear_out: torch.Tensor) -> bool:
+    """Whether doubling the edited matrix's output moves the layer's output by exactly that output: then the
+    layer is ``residual + W a`` and the upper layers can start from ``residual + ffn(a)``. Measured on the
+    first batch a layer sees and remembered for it."""
+    if site.layer not in _ADDITIVE:
+        with unrouted(), _replaced_output(site.linear, lambda a: 2 * linear_out):
+            doubled = run_through(model, site.layer, input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        moved = hidden_of(doubled) - hidden_of(layer_out)
+        scale = float(linear_out.abs().max()) or 1.0
+        _ADDITIVE[site.layer] = bool(torch.allclose(moved, linear_out, rtol=1e-3, atol=1e-4 * scale))
+    return _ADDITIVE[site.layer]
 
 
 @torch.no_grad()
