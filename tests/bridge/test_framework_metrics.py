@@ -45,12 +45,6 @@ def test_the_framework_under_test_is_the_vendored_upstream():
 RECORDS = json.loads((DATA / "zsre" / "zsre_mend_edit.json").read_text())[:2]
 
 
-@pytest.fixture(autouse=True)
-def framework_writes_elsewhere(tmp_path, monkeypatch):
-    """The framework's ``summary_metrics`` writes ./logs: keep it out of the checkout."""
-    monkeypatch.chdir(tmp_path)
-
-
 @functools.lru_cache(maxsize=None)
 def edited(alg: str) -> dict:
     """Edit the first two ZsRE records sequentially through ``BaseEditor`` and score the final model both ways."""
