@@ -9,8 +9,9 @@ ZsRE train records 0..N-1 as edits (same-form negatives from records 100-399, ne
 irrelevant texts from the NQ fields of records 500 on) and, with ``--rloc``, CounterFact's dev same-subject
 stream (records 5000-9999 of the train file whose subject is not in 0-4999). It maximises the mean of Rel and Gen
 on ZsRE subject to the constraints (default Loc >= 0.98, nloc >= 0.95, rloc >= 0.90; Optuna's TPE sampler with
-constraints). The search space is ``configs/tune/<alg>.yaml``: hparams keys, and ``layer`` / ``gate_layer``, the
-depth of ``inner_params`` / ``gate_params`` as a fraction of the model's decoder layers.
+constraints). The search space is ``configs/tune/<alg>.yaml``: hparams keys, ``layer`` / ``gate_layer`` (the
+depth of ``inner_params`` / ``gate_params`` as a fraction of the model's decoder layers) and ``fact_quantile``
+(the fact gate's recall quantile, the first of ``gate_quantiles``).
 
 The study lives in ``<out>/study.db`` (a rerun with the same ``--out`` adds trials to it). At the end the best
 feasible trial is written to ``hparams/<alg>/<model>.yaml`` (``--write``), the base file's keys with the chosen
@@ -46,11 +47,11 @@ _spec.loader.exec_module(cli)
 ZSRE_DEV = ["data=zsre", "data_path=${data_root}/zsre/zsre_mend_train_1k.json", "ds_size={n}", "data.loc_offset=500",
             "data.negative_records=[100,400]", "data.nloc_records=[400,500]"]
 CF_DEV = ["data=counterfact", "data.stream=same_subject", "data.first_record=5000", "data.last_record=10000",
-          "ds_size=32"]
+          "ds_size={m}"]
 DEV_TEXT = {"zsre": "ZsRE train records 0-{last} as edits (same-form negatives 100-399, neighbourhood probes "
                     "400-499, irrelevant texts from the NQ fields of records 500 on)",
-            "cf": "CounterFact's dev same-subject stream (32 edits of train records 5000-9999 whose subject is not "
-                  "in 0-4999; rloc probes from the same part)"}
+            "cf": "the first {m} edits of CounterFact's dev same-subject stream (train records 5000-9999 whose "
+                  "subject is not in 0-4999; rloc probes from the same part)"}
 
 
 def layer_path(path: str, index: int) -> str:
@@ -79,6 +80,8 @@ def suggest(trial: optuna.Trial, space: dict[str, Any], n_layers: int, base: dic
             values["inner_params"] = [layer_path(p, value) for p in base["inner_params"]]
         elif key == "gate_layer":
             values["gate_params"] = layer_path(base["gate_params"], value)
+        elif key == "fact_quantile":
+            values["gate_quantiles"] = [value, base["gate_quantiles"][1]]
         else:
             values[key] = value
     return values
@@ -102,6 +105,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--edits", type=int, default=30, help="ZsRE dev edits per trial (at most 100)")
     parser.add_argument("--rloc", action="store_true", help="also run the CounterFact dev stream (rloc constraint)")
+    parser.add_argument("--cf-edits", type=int, default=32, help="CounterFact dev edits per trial (at most 32)")
     parser.add_argument("--min", nargs=3, type=float, default=[0.98, 0.95, 0.90], metavar=("LOC", "NLOC", "RLOC"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="study folder (default outputs/tune/<alg>-<model>)")
@@ -116,7 +120,10 @@ def main() -> None:
     out = Path(args.out or ROOT / "outputs" / "tune" / f"{args.alg}-{Path(args.model).name}")
     out.mkdir(parents=True, exist_ok=True)
     least = dict(zip(("loc", "nloc", "rloc"), args.min))
-    streams = {"zsre": [o.replace("{n}", str(args.edits)) for o in ZSRE_DEV], **({"cf": CF_DEV} if args.rloc else {})}
+    if not 1 <= args.cf_edits <= 32:
+        raise SystemExit("error: --cf-edits must be 1-32 (the CounterFact dev part has 32 same-subject edits)")
+    streams = {"zsre": [o.replace("{n}", str(args.edits)) for o in ZSRE_DEV],
+               **({"cf": [o.replace("{m}", str(args.cf_edits)) for o in CF_DEV]} if args.rloc else {})}
 
     def objective(trial: optuna.Trial) -> float:
         values = {**base, "model_name": args.model, **suggest(trial, space, n_layers, base)}
@@ -159,7 +166,7 @@ def main() -> None:
         target = Path(args.write or ROOT / "hparams" / args.alg / f"{Path(args.model).name}.yaml")
         chosen = {**base, "model_name": args.model, **suggest(optuna.trial.FixedTrial(best.params), space,
                                                               n_layers, base)}
-        dev = " and ".join(DEV_TEXT[s].format(last=args.edits - 1) for s in streams)
+        dev = " and ".join(DEV_TEXT[s].format(last=args.edits - 1, m=args.cf_edits) for s in streams)
         header = [f"{args.alg} recipe for {args.model}, chosen by scripts/tune_recipe.py (Optuna {optuna.__version__},",
                   f"TPE with constraints, seed {args.seed}) on dev data only (SPEC section 4): {dev}.",
                   "Objective: mean of Rel and Gen on the ZsRE dev stream; constraints "
