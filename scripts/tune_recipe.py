@@ -14,7 +14,7 @@ depth of ``inner_params`` / ``gate_params`` as a fraction of the model's decoder
 (the fact gate's recall quantile, the first of ``gate_quantiles``).
 
 The study lives in ``<out>/study.db`` (a rerun with the same ``--out`` adds trials to it). At the end the best
-feasible trial is written to ``hparams/<alg>/<model>.yaml`` (``--write``), the base file's keys with the chosen
+feasible trial (ties: the faster one) is written to ``hparams/<alg>/<model>.yaml`` (``--write``), the base file's keys with the chosen
 ones replaced, under a header naming the dev data, the budget, the wall time and the best trials.
 """
 
@@ -150,7 +150,8 @@ def main() -> None:
     study.optimize(objective, n_trials=args.trials)
     wall = time.perf_counter() - start
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    feasible = sorted((t for t in done if all(v <= 0 for v in t.user_attrs["violations"])), key=lambda t: -t.value)
+    feasible = sorted((t for t in done if all(v <= 0 for v in t.user_attrs["violations"])),
+                      key=lambda t: (-round(t.value, 6), t.user_attrs["measured"]["s_per_edit"]))  # ties: the faster
     ranked = feasible + sorted((t for t in done if t not in feasible), key=lambda t: sum(max(v, 0) for v in t.user_attrs["violations"]))
     lines = [f"{'*' if t in feasible else ' '} trial {t.number}: {json.dumps(t.params)} -> "
              + " ".join(f"{k} {v:.3f}" for k, v in t.user_attrs["measured"].items()) for t in ranked[:5]]
