@@ -81,6 +81,7 @@ class SiteRunner:
         finally:
             for hook in hooks:
                 hook.remove()
+        self._replayed: Any = None  # what the layers below the first re-run one give (None: none below)
         if self.fast:
             self._additive = adds_to_residual(self.model, self.site, self.batch, layer_out, seen["linear_out"])
             if self._additive:
@@ -128,7 +129,7 @@ class SiteRunner:
             patched = _with_hidden(self._replayed, hidden_of(self._replayed) + out)
             replace = contextlib.nullcontext()
         else:  # the edited layer runs again, its matrix's output replaced
-            patched = getattr(self, "_replayed", None)
+            patched = self._replayed
             replace = _replaced_output(site.linear, lambda keys: out)
         originals = [layers[i] for i in range(self._first_rerun)]
         low = self.upper_dtype != torch.float32
